@@ -1,0 +1,1 @@
+"""tempo's built-in stage plugins (blueprint, refine, continue, encode)."""

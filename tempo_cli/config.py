@@ -1,0 +1,195 @@
+"""Typed, frozen configs. Field names are the official constructor arguments of the released models.
+
+Presets (YAML) fill these; nothing else holds model hyper-parameters. Each config checks itself on
+construction and raises :class:`ConfigError` naming the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, TypeVar
+
+from tempo_cli.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _positive(owner: str, **fields: int | float) -> None:
+    for name, value in fields.items():
+        if not value > 0:
+            raise ConfigError(f"{owner}.{name} must be positive, got {value!r}")
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Channels of one attention head given to temporal, height and width RoPE (Wan's 3-D split)."""
+    third = head_dim // 3
+    return head_dim - 2 * third, third, third
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """The Wan2.1/2.2 diffusion transformer (``WanModel``) as TempoMaster uses it.
+
+    ``in_dim`` = noisy latent channels + 4 mask channels + condition latent channels (36 in the release).
+    """
+
+    dim: int
+    in_dim: int
+    ffn_dim: int
+    freq_dim: int
+    text_dim: int
+    out_dim: int
+    num_heads: int
+    num_layers: int
+    eps: float = 1e-6
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        _positive("DiTConfig", dim=self.dim, in_dim=self.in_dim, ffn_dim=self.ffn_dim,
+                  freq_dim=self.freq_dim, text_dim=self.text_dim, out_dim=self.out_dim,
+                  num_heads=self.num_heads, num_layers=self.num_layers, eps=self.eps)
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ConfigError(f"DiTConfig.patch_size must be three positive ints (t, h, w), got {self.patch_size!r}")
+        if self.dim % self.num_heads:
+            raise ConfigError(f"DiTConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.freq_dim % 2:
+            raise ConfigError(f"DiTConfig.freq_dim must be even (cos and sin halves), got {self.freq_dim}")
+        if self.in_dim != 2 * self.out_dim + 4:
+            raise ConfigError(
+                f"DiTConfig.in_dim must be 2*out_dim + 4 (noisy latents, 4 mask channels, condition latents); "
+                f"got in_dim={self.in_dim}, out_dim={self.out_dim}")
+        parts = rope_split(self.head_dim)
+        if any(p % 2 or p == 0 for p in parts):
+            raise ConfigError(
+                f"DiTConfig head dimension {self.head_dim} (dim/num_heads) must split into three even, non-empty "
+                f"RoPE parts (temporal, height, width) = {parts}",
+                hint="choose dim/num_heads such as 48, 64 or 128")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def latent_channels(self) -> int:
+        return self.out_dim
+
+    def num_parameters(self) -> int:
+        """Parameter count of the model this config builds (no model needed)."""
+        d, f = self.dim, self.ffn_dim
+        patch = self.in_dim * math.prod(self.patch_size) * d + d
+        text = self.text_dim * d + d + d * d + d
+        time = self.freq_dim * d + d + d * d + d + d * 6 * d + 6 * d
+        block = 8 * (d * d + d) + 4 * d + 2 * d + (d * f + f) + (f * d + d) + 6 * d
+        head = d * self.out_dim * math.prod(self.patch_size) + self.out_dim * math.prod(self.patch_size) + 2 * d
+        return patch + text + time + self.num_layers * block + head
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The Wan2.1 causal video VAE. ``temporal_downsample`` is the release's ``temperal_downsample``."""
+
+    dim: int
+    z_dim: int
+    dim_mult: tuple[int, ...]
+    num_res_blocks: int
+    temporal_downsample: tuple[bool, ...]
+    latents_mean: tuple[float, ...]
+    latents_std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("dim_mult", "temporal_downsample", "latents_mean", "latents_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "temporal_downsample", tuple(bool(t) for t in self.temporal_downsample))
+        object.__setattr__(self, "latents_mean", tuple(float(m) for m in self.latents_mean))
+        object.__setattr__(self, "latents_std", tuple(float(s) for s in self.latents_std))
+        _positive("VAEConfig", dim=self.dim, z_dim=self.z_dim, num_res_blocks=self.num_res_blocks)
+        if not self.dim_mult or min(self.dim_mult) < 1:
+            raise ConfigError(f"VAEConfig.dim_mult must be positive ints, got {self.dim_mult!r}")
+        if len(self.temporal_downsample) != len(self.dim_mult) - 1:
+            raise ConfigError(
+                f"VAEConfig.temporal_downsample needs one flag per downsampling stage "
+                f"({len(self.dim_mult) - 1}), got {len(self.temporal_downsample)}")
+        for name in ("latents_mean", "latents_std"):
+            if len(getattr(self, name)) != self.z_dim:
+                raise ConfigError(f"VAEConfig.{name} needs z_dim={self.z_dim} values, got {len(getattr(self, name))}")
+        if min(self.latents_std) <= 0:
+            raise ConfigError("VAEConfig.latents_std values must be positive")
+
+    @property
+    def temporal_factor(self) -> int:
+        """Pixel frames per latent frame (after the first): 4 for the release."""
+        return 2 ** sum(self.temporal_downsample)
+
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent along height and width: 8 for the release."""
+        return 2 ** (len(self.dim_mult) - 1)
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """The UMT5 encoder in the release's native (``T5Encoder``) terms."""
+
+    vocab: int
+    dim: int
+    dim_attn: int
+    dim_ffn: int
+    num_heads: int
+    num_layers: int
+    num_buckets: int
+    text_len: int = 512
+
+    def __post_init__(self) -> None:
+        _positive("TextEncoderConfig", vocab=self.vocab, dim=self.dim, dim_attn=self.dim_attn,
+                  dim_ffn=self.dim_ffn, num_heads=self.num_heads, num_layers=self.num_layers,
+                  num_buckets=self.num_buckets, text_len=self.text_len)
+        if self.dim_attn % self.num_heads:
+            raise ConfigError(
+                f"TextEncoderConfig.dim_attn ({self.dim_attn}) must be divisible by num_heads ({self.num_heads})")
+
+
+def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") -> T:
+    """Build a config dataclass from plain data; unknown or missing keys raise a ConfigError."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r} for {cls.__name__}",
+                          hint=f"allowed keys: {', '.join(sorted(names))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain JSON-able data of a config (tuples become lists)."""
+    return json_ready(dataclasses.asdict(config))
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+# The released TempoMaster model (Wan2.2-A14B high-noise expert architecture, 36 input channels).
+TEMPOMASTER_14B_DIT = DiTConfig(dim=5120, in_dim=36, ffn_dim=13824, freq_dim=256, text_dim=4096, out_dim=16,
+                                num_heads=40, num_layers=40, eps=1e-6, patch_size=(1, 2, 2))
+
+# Wan2.1_VAE.pth, with the per-channel latent statistics published with it.
+WAN21_VAE = VAEConfig(
+    dim=96, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, temporal_downsample=(False, True, True),
+    latents_mean=(-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                  0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921),
+    latents_std=(2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160),
+)
+
+# models_t5_umt5-xxl-enc-bf16.pth
+UMT5_XXL = TextEncoderConfig(vocab=256384, dim=4096, dim_attn=4096, dim_ffn=10240, num_heads=64, num_layers=24,
+                             num_buckets=32, text_len=512)
