@@ -1,0 +1,213 @@
+"""The multi-mask diffusion transformer: Wan2.1/2.2 ``WanModel`` with TempoMaster's frame-rate RoPE.
+
+One network does every job. The noisy latents are concatenated on channels with ``y`` = [4 mask channels,
+condition latents], and each latent frame carries its own temporal RoPE index, so a level at frame
+interval ``s`` places latent frame ``j`` at ``start + j*s`` on the shared time axis.
+
+Attribute names are the official state-dict names, so the released file loads with no renaming.
+The residual stream, the norms and the time modulation run in float32; the linear layers and attention run
+in the parameters' dtype (bfloat16 on GPUs and AMX CPUs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tempo_cli.config import DiTConfig, rope_split
+from tempo_cli.models.attention import attention
+
+ROPE_THETA = 10000.0
+
+
+def timestep_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding ``[cos | sin]`` of timesteps in [0, 1000]: ``[B] -> [B, dim]`` (float32)."""
+    half = dim // 2
+    freqs = torch.pow(ROPE_THETA, -torch.arange(half, dtype=torch.float32, device=timestep.device) / half)
+    angles = timestep.float()[:, None] * freqs[None]  # [B, half]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def rope_frequencies(channels: int, device: torch.device) -> torch.Tensor:
+    """Inverse frequencies of one RoPE axis with ``channels`` channels: ``[channels // 2]`` (float32)."""
+    return 1.0 / ROPE_THETA ** (torch.arange(0, channels, 2, dtype=torch.float32, device=device) / channels)
+
+
+def rope_angles(frame_positions: torch.Tensor, height: int, width: int, head_dim: int) -> torch.Tensor:
+    """RoPE angles of every token, in float32: ``[B, F] -> [B, F*height*width, head_dim // 2]``.
+
+    The temporal index of each latent frame is given (any non-negative value); height and width indices
+    are the token row and column. Channel pairs are split temporal | height | width as in Wan.
+    """
+    b, f = frame_positions.shape
+    device = frame_positions.device
+    dt, dh, dw = rope_split(head_dim)
+    t = frame_positions.float()[..., None] * rope_frequencies(dt, device)  # [B, F, dt/2]
+    h = torch.arange(height, device=device, dtype=torch.float32)[:, None] * rope_frequencies(dh, device)
+    w = torch.arange(width, device=device, dtype=torch.float32)[:, None] * rope_frequencies(dw, device)
+    angles = torch.cat([
+        t[:, :, None, None, :].expand(b, f, height, width, dt // 2),
+        h[None, None, :, None, :].expand(b, f, height, width, dh // 2),
+        w[None, None, None, :, :].expand(b, f, height, width, dw // 2),
+    ], dim=-1)  # [B, F, h, w, head_dim/2]
+    return angles.reshape(b, f * height * width, head_dim // 2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of ``x [B, L, n, d]`` by angles given as ``cos, sin [B, L, 1, d/2]``."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, n, d/2, 2]
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last dimension, computed in float32, with a learned scale ``weight``."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x [B, L, dim]`` in the compute dtype -> ``[B, L, dim]``."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, L, n, d]
+        k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))
+        v = self.v(x).unflatten(-1, (self.num_heads, -1))
+        out = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+        return self.o(out.flatten(2))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``x [B, L, dim]`` attends to ``context [B, Lc, dim]``."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
+        k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))
+        v = self.v(context).unflatten(-1, (self.num_heads, -1))
+        return self.o(attention(q, k, v).flatten(2))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.eps = eps
+        self.self_attn = SelfAttention(dim, config.num_heads, eps)
+        self.cross_attn = CrossAttention(dim, config.num_heads, eps)
+        self.norm3 = nn.LayerNorm(dim, eps=eps)
+        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(config.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, t_mod: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x [B, L, dim]`` float32 residual stream; ``t_mod [B|1, 6, dim]`` float32."""
+        dtype = context.dtype
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + t_mod).chunk(6, dim=1)
+        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale_sa) + shift_sa
+        x = x + self.self_attn(h.to(dtype), cos, sin).float() * gate_sa
+        h = F.layer_norm(x, x.shape[-1:], self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
+        x = x + self.cross_attn(h.to(dtype), context).float()
+        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale_ff) + shift_ff
+        return x + self.ffn(h.to(dtype)).float() * gate_ff
+
+
+class Head(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.eps = config.eps
+        self.head = nn.Linear(config.dim, config.out_dim * math.prod(config.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, config.dim) / config.dim**0.5)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x [B, L, dim]`` float32, ``t [B|1, dim]`` float32 -> ``[B, L, out_dim * prod(patch)]``."""
+        shift, scale = (self.modulation.float() + t[:, None]).chunk(2, dim=1)
+        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift
+        return self.head(h.to(self.head.weight.dtype))
+
+
+class MultiMaskDiT(nn.Module):
+    """``forward(x, timestep, context, y, frame_positions) -> velocity`` (see :meth:`forward`)."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.num_layers))
+        self.head = Head(config)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, F, H, W] -> [B, f*h*w, dim]`` with (f, h, w) the patch grid; the conv as one matmul."""
+        pt, ph, pw = self.config.patch_size
+        b, c, f, h, w = x.shape
+        patches = x.reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw)
+        patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)  # [B, L, C*pt*ph*pw]
+        weight = self.patch_embedding.weight.flatten(1)
+        return F.linear(patches.to(weight.dtype), weight, self.patch_embedding.bias)
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``[B, f*h*w, pt*ph*pw*C] -> [B, C, f*pt, h*ph, w*pw]``."""
+        pt, ph, pw = self.config.patch_size
+        f, h, w = grid
+        b = x.shape[0]
+        x = x.reshape(b, f, h, w, pt, ph, pw, -1)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, -1, f * pt, h * ph, w * pw)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, y: torch.Tensor,
+                frame_positions: torch.Tensor) -> torch.Tensor:
+        """Predict the flow-matching velocity.
+
+        x: ``[B, out_dim, F, H, W]`` noisy latents; timestep: ``[B]`` or ``[1]`` in [0, 1000];
+        context: ``[B|1, L, text_dim]`` prompt embeddings; y: ``[B, in_dim - out_dim, F, H, W]`` =
+        [4 mask channels, condition latents]; frame_positions: ``[B|1, F]`` temporal RoPE index of each
+        latent frame. Returns ``[B, out_dim, F, H, W]`` in x's dtype.
+        """
+        cfg = self.config
+        b, _, f, h, w = x.shape
+        if y.shape[0] != b or y.shape[2:] != x.shape[2:] or x.shape[1] + y.shape[1] != cfg.in_dim:
+            raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} do not make {cfg.in_dim} input channels")
+        pt, ph, pw = cfg.patch_size
+        grid = (f // pt, h // ph, w // pw)
+        dtype = self.patch_embedding.weight.dtype
+
+        tokens = self.patchify(torch.cat([x, y], dim=1)).float()  # [B, L, dim] residual stream
+        t = self.time_embedding(timestep_embedding(timestep.reshape(-1), cfg.freq_dim).to(dtype)).float()
+        t_mod = self.time_projection(t.to(dtype)).float().unflatten(1, (6, cfg.dim))  # [B|1, 6, dim]
+        context = self.text_embedding(context.to(dtype))
+        if context.shape[0] != b:
+            context = context.expand(b, -1, -1)
+
+        positions = frame_positions.to(x.device)[:, ::pt] if pt > 1 else frame_positions.to(x.device)
+        angles = rope_angles(positions.expand(b, -1), grid[1], grid[2], cfg.head_dim)[:, :, None]  # [B, L, 1, d/2]
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        for block in self.blocks:
+            tokens = block(tokens, context, t_mod, cos, sin)
+        out = self.head(tokens, t)
+        return self.unpatchify(out, grid).to(x.dtype)
