@@ -56,16 +56,15 @@ def rope_angles(frame_positions: torch.Tensor, height: int, width: int, head_dim
     return angles.reshape(b, f * height * width, head_dim // 2)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of ``x [B, L, n, d]`` by angles given as ``cos, sin [B, L, 1, d/2]``."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, n, d/2, 2]
-    real, imag = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rotate adjacent channel pairs of float32 ``x [B, L, n, d]`` by unit complex numbers
+    ``rotation [B, L, 1, d/2]`` (complex64); returns ``dtype``."""
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # [B, L, n, d/2]
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(dtype)
 
 
 class RMSNorm(nn.Module):
-    """RMS norm over the last dimension, computed in float32, with a learned scale ``weight``."""
+    """RMS norm over the last dimension with a learned scale ``weight``; computes and returns float32."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -73,7 +72,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        x = x.float()
+        return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight.float()
 
 
 class SelfAttention(nn.Module):
@@ -84,12 +84,12 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
         """``x [B, L, dim]`` in the compute dtype -> ``[B, L, dim]``."""
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, L, n, d]
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, L, n, d] float32
         k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))
         v = self.v(x).unflatten(-1, (self.num_heads, -1))
-        out = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+        out = attention(apply_rope(q, rotation, x.dtype), apply_rope(k, rotation, x.dtype), v)
         return self.o(out.flatten(2))
 
 
@@ -103,8 +103,8 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``x [B, L, dim]`` attends to ``context [B, Lc, dim]``."""
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
-        k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))
+        q = self.norm_q(self.q(x)).to(x.dtype).unflatten(-1, (self.num_heads, -1))
+        k = self.norm_k(self.k(context)).to(x.dtype).unflatten(-1, (self.num_heads, -1))
         v = self.v(context).unflatten(-1, (self.num_heads, -1))
         return self.o(attention(q, k, v).flatten(2))
 
@@ -122,16 +122,16 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, t_mod: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+                rotation: torch.Tensor) -> torch.Tensor:
         """``x [B, L, dim]`` float32 residual stream; ``t_mod [B|1, 6, dim]`` float32."""
         dtype = context.dtype
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + t_mod).chunk(6, dim=1)
-        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale_sa) + shift_sa
-        x = x + self.self_attn(h.to(dtype), cos, sin).float() * gate_sa
+        h = torch.addcmul(shift_sa, F.layer_norm(x, x.shape[-1:], eps=self.eps), 1 + scale_sa)
+        x = torch.addcmul(x, self.self_attn(h.to(dtype), rotation), gate_sa)
         h = F.layer_norm(x, x.shape[-1:], self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
-        x = x + self.cross_attn(h.to(dtype), context).float()
-        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale_ff) + shift_ff
-        return x + self.ffn(h.to(dtype)).float() * gate_ff
+        x = x + self.cross_attn(h.to(dtype), context)
+        h = torch.addcmul(shift_ff, F.layer_norm(x, x.shape[-1:], eps=self.eps), 1 + scale_ff)
+        return torch.addcmul(x, self.ffn(h.to(dtype)), gate_ff)
 
 
 class Head(nn.Module):
@@ -206,8 +206,8 @@ class MultiMaskDiT(nn.Module):
 
         positions = frame_positions.to(x.device)[:, ::pt] if pt > 1 else frame_positions.to(x.device)
         angles = rope_angles(positions.expand(b, -1), grid[1], grid[2], cfg.head_dim)[:, :, None]  # [B, L, 1, d/2]
-        cos, sin = torch.cos(angles), torch.sin(angles)
+        rotation = torch.polar(torch.ones_like(angles), angles)  # complex64
         for block in self.blocks:
-            tokens = block(tokens, context, t_mod, cos, sin)
+            tokens = block(tokens, context, t_mod, rotation)
         out = self.head(tokens, t)
         return self.unpatchify(out, grid).to(x.dtype)

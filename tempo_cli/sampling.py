@@ -1,0 +1,157 @@
+"""Pure sampling math: the flow-matching schedule, the Euler step, guidance and the noise streams.
+
+Flow matching as in the reference: ``z_t = (1 - sigma) * x0 + sigma * noise`` and the DiT predicts the
+velocity ``v = noise - x0``, so ``x0 = z - sigma * v``. Latents are ``[B, C, F, H, W]``. Everything here
+takes tensors and returns tensors; APG's momentum is an explicit :class:`ApgState` passed in and returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tempo_cli.errors import ConfigError
+
+GUIDANCE_KINDS = ("cfg", "apg")
+# APG's momentum-averaged difference is clipped per latent frame, over (C, H, W) ...
+APG_NORM_DIMS = (1, 3, 4)
+# ... and projected onto the conditional x0 per sample, over (C, F, H, W), as the reference does.
+APG_PROJECT_DIMS = (1, 2, 3, 4)
+
+
+def flow_schedule(steps: int, shift: float) -> tuple[Tensor, Tensor]:
+    """Shifted flow-matching schedule: ``(sigmas [N], timesteps [N])``, float32.
+
+    ``sigma = linspace(1, 0, N + 1)[:-1]`` (sigma_min 0, the final step to 0 dropped), shifted as
+    ``shift * sigma / (1 + (shift - 1) * sigma)``; ``timesteps = 1000 * sigma``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"sampler steps must be an integer >= 1, got {steps!r}", "use e.g. 50")
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not (0 < shift < math.inf):
+        raise ConfigError(f"sampler shift must be a finite number > 0, got {shift!r}", "use e.g. 5.0; 1.0 is no shift")
+    sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float32)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return sigmas, sigmas * 1000
+
+
+def next_sigmas(sigmas: Tensor) -> Tensor:
+    """The sigma each step lands on: ``sigmas[1:]`` followed by 0. ``[N] -> [N]``."""
+    return torch.cat([sigmas[1:], sigmas.new_zeros(1)])
+
+
+def euler_step(z: Tensor, velocity: Tensor, sigma: float | Tensor, sigma_next: float | Tensor) -> Tensor:
+    """One Euler step of the flow ODE from ``sigma`` to ``sigma_next``."""
+    return z + (sigma_next - sigma) * velocity
+
+
+def velocity_to_x0(z: Tensor, velocity: Tensor, sigma: float | Tensor) -> Tensor:
+    return z - sigma * velocity
+
+
+def x0_to_velocity(z: Tensor, x0: Tensor, sigma: float | Tensor) -> Tensor:
+    """Inverse of :func:`velocity_to_x0`; ``sigma`` must be > 0 (the schedule never reaches 0)."""
+    return (z - x0) / sigma
+
+
+@dataclass(frozen=True)
+class ApgState:
+    """APG's momentum buffer: the running average of ``cond_x0 - uncond_x0``, ``[B, C, F, H, W]``.
+
+    Start each chunk's denoising loop with ``None`` and thread the returned state through its steps.
+    """
+
+    running: Tensor
+
+
+def cfg(
+    cond_v: Tensor, uncond_v: Tensor, z: Tensor, sigma: float | Tensor, scale: float, state: ApgState | None = None
+) -> tuple[Tensor, ApgState | None]:
+    """Classifier-free guidance ``uncond + scale * (cond - uncond)`` in x0 space; returns a velocity.
+
+    The map is affine, so in x0 space and in velocity space it is the same; it is computed on velocities
+    (no division by sigma). ``z`` and ``sigma`` are unused and ``state`` passes through, to match :func:`apg`.
+    """
+    return uncond_v + scale * (cond_v - uncond_v), state
+
+
+def apg(
+    cond_v: Tensor,
+    uncond_v: Tensor,
+    z: Tensor,
+    sigma: float | Tensor,
+    scale: float,
+    state: ApgState | None = None,
+    momentum: float = -0.5,
+    norm_threshold: float = 27.0,
+    eta: float = 0.0,
+) -> tuple[Tensor, ApgState]:
+    """Adaptive projected guidance (Sadat et al., 2024) in x0 space; returns ``(velocity, new_state)``.
+
+    ``diff = cond_x0 - uncond_x0``; ``running = diff + momentum * running``; the running difference is
+    rescaled so its L2 norm over (C, H, W) of each latent frame is at most ``norm_threshold``, split into
+    parts parallel and orthogonal to ``cond_x0`` (over (C, F, H, W) of each sample), and
+    ``x0 = cond_x0 + (scale - 1) * (orthogonal + eta * parallel)``. Inputs are ``[B, C, F, H, W]`` velocities.
+    """
+    dtype = cond_v.dtype
+    z, cond_v, uncond_v = z.float(), cond_v.float(), uncond_v.float()
+    cond = velocity_to_x0(z, cond_v, sigma)
+    diff = cond - velocity_to_x0(z, uncond_v, sigma)
+    running = diff if state is None else diff + momentum * state.running
+    if norm_threshold > 0:
+        norm = torch.linalg.vector_norm(running, dim=APG_NORM_DIMS, keepdim=True)  # [B, 1, F, 1, 1]
+        update = running * torch.clamp(norm_threshold / norm, max=1.0)
+    else:
+        update = running
+    unit = torch.nn.functional.normalize(cond, dim=APG_PROJECT_DIMS)
+    parallel = (update * unit).sum(dim=APG_PROJECT_DIMS, keepdim=True) * unit  # [B, C, F, H, W]
+    guided = cond + (scale - 1) * (update - parallel + eta * parallel)
+    return x0_to_velocity(z, guided, sigma).to(dtype), ApgState(running)
+
+
+def guide(
+    kind: str,
+    cond_v: Tensor,
+    uncond_v: Tensor,
+    z: Tensor,
+    sigma: float | Tensor,
+    scale: float,
+    state: ApgState | None = None,
+) -> tuple[Tensor, ApgState | None]:
+    """Dispatch to :func:`cfg` or :func:`apg` by name (APG with its default momentum, threshold and eta)."""
+    if kind == "cfg":
+        return cfg(cond_v, uncond_v, z, sigma, scale, state)
+    if kind == "apg":
+        return apg(cond_v, uncond_v, z, sigma, scale, state)
+    raise ConfigError(f"unknown guidance {kind!r}", f"choose one of: {', '.join(GUIDANCE_KINDS)}")
+
+
+def noise_seed(seed: int, level: int, chunk: int) -> int:
+    """The seed of one (level, chunk) noise stream of a run seeded with ``seed``.
+
+    The first 8 bytes (big-endian) of ``sha256(f"{seed}:{level}:{chunk}")``, masked to 63 bits. Stable
+    across processes, platforms and Python versions (unlike ``hash()``).
+    """
+    digest = hashlib.sha256(f"{int(seed)}:{int(level)}:{int(chunk)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def initial_noise(
+    shape: tuple[int, ...] | torch.Size,
+    seed: int,
+    level: int,
+    chunk: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Standard normal noise of ``shape`` from the (seed, level, chunk) stream.
+
+    Drawn in float32 on a private CPU generator, so it is the same on every device and leaves the global
+    RNG alone; then moved to ``device`` and cast to ``dtype``.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, level, chunk))
+    noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    return noise.to(device=device, dtype=dtype)
