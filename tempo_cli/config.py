@@ -151,6 +151,115 @@ class TextEncoderConfig:
                 f"TextEncoderConfig.dim_attn ({self.dim_attn}) must be divisible by num_heads ({self.num_heads})")
 
 
+GUIDANCE_KINDS = ("apg", "cfg", "none")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """The video a preset makes: frame size, the finest frame rate, and the frame-rate levels.
+
+    ``frame_intervals`` are in finest-level frames, coarse to fine ([4, 2, 1] at 24 fps = 6, 12, 24 fps);
+    ``chunks`` is how many parallel chunks each level is cut into (the paper's m(1, 2, 4)).
+    """
+
+    height: int
+    width: int
+    fps: int = 24
+    frame_intervals: tuple[int, ...] = (4, 2, 1)
+    chunks: tuple[int, ...] = (1, 2, 4)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frame_intervals", tuple(int(i) for i in self.frame_intervals))
+        object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
+        _positive("VideoConfig", height=self.height, width=self.width, fps=self.fps)
+        for name in ("height", "width"):
+            if getattr(self, name) % 16:
+                raise ConfigError(f"video.{name} must be a multiple of 16, got {getattr(self, name)}")
+        intervals = self.frame_intervals
+        if not intervals or min(intervals) < 1 or any(a <= b or a % b for a, b in zip(intervals, intervals[1:])):
+            raise ConfigError(f"video.frame_intervals must be coarse to fine, each dividing the one before "
+                              f"(e.g. [4, 2, 1]), got {list(intervals)}")
+        if len(self.chunks) != len(intervals) or min(self.chunks) < 1:
+            raise ConfigError(f"video.chunks needs one positive count per level ({len(intervals)}), "
+                              f"got {list(self.chunks)}")
+
+    def level_fps(self) -> tuple[float, ...]:
+        return tuple(self.fps / i for i in self.frame_intervals)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Denoising per level (coarse to fine): Euler steps, schedule shift, and guidance."""
+
+    steps: tuple[int, ...]
+    shift: tuple[float, ...]
+    guidance: str = "apg"
+    guidance_scale: float = 8.0
+    negative_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        object.__setattr__(self, "shift", tuple(float(s) for s in self.shift))
+        if not self.steps or min(self.steps) < 1:
+            raise ConfigError(f"sampler.steps must be positive, got {list(self.steps)}")
+        if len(self.shift) != len(self.steps) or min(self.shift) <= 0:
+            raise ConfigError(f"sampler.shift needs one positive value per level, got {list(self.shift)}")
+        if self.guidance not in GUIDANCE_KINDS:
+            raise ConfigError(f"sampler.guidance must be one of {', '.join(GUIDANCE_KINDS)}, got {self.guidance!r}")
+        if self.guidance_scale < 1:
+            raise ConfigError(f"sampler.guidance_scale must be at least 1, got {self.guidance_scale}")
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Where a preset's weights come from: the official file names, or random weights from a seed."""
+
+    dit: str = ""
+    vae: str = ""
+    text_encoder: str = ""
+    tokenizer: str = ""
+    random_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.random_seed is None and not all((self.dit, self.vae, self.text_encoder, self.tokenizer)):
+            raise ConfigError("weights: name the dit, vae, text_encoder and tokenizer files, or set random_seed")
+
+    @property
+    def is_random(self) -> bool:
+        return self.random_seed is not None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything one model setup needs; filled from ``presets/<name>.yaml``."""
+
+    name: str
+    description: str
+    dit: DiTConfig
+    vae: VAEConfig
+    text_encoder: TextEncoderConfig
+    video: VideoConfig
+    sampler: SamplerConfig
+    weights: WeightsConfig
+
+    def __post_init__(self) -> None:
+        if self.dit.out_dim != self.vae.z_dim:
+            raise ConfigError(f"preset {self.name}: dit.out_dim ({self.dit.out_dim}) must equal vae.z_dim "
+                              f"({self.vae.z_dim})")
+        if self.dit.text_dim != self.text_encoder.dim:
+            raise ConfigError(f"preset {self.name}: dit.text_dim ({self.dit.text_dim}) must equal "
+                              f"text_encoder.dim ({self.text_encoder.dim})")
+        if len(self.sampler.steps) != len(self.video.frame_intervals):
+            raise ConfigError(f"preset {self.name}: sampler.steps needs one value per level "
+                              f"({len(self.video.frame_intervals)})")
+        if self.vae.temporal_factor != 4:
+            raise ConfigError(f"preset {self.name}: the VAE must pack 4 frames per latent frame "
+                              f"(temporal_downsample with two True flags)")
+        if (self.video.height % (self.vae.spatial_factor * self.dit.patch_size[1])
+                or self.video.width % (self.vae.spatial_factor * self.dit.patch_size[2])):
+            raise ConfigError(f"preset {self.name}: video size must be a multiple of the VAE and patch factors")
+
+
 def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") -> T:
     """Build a config dataclass from plain data; unknown or missing keys raise a ConfigError."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
