@@ -34,10 +34,22 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def build_app() -> typer.Typer:
+    """Register the stage plugins, then the informational commands, on ``app``."""
+    from tempo_cli import commands
+    from tempo_cli.plugins import load_stages
+
+    for loaded in load_stages():
+        app.command(name=loaded.stage.name, help=loaded.stage.command.__doc__)(loaded.stage.command)
+    for command in (commands.plan, commands.inspect, commands.stages, commands.presets):
+        app.command(name=command.__name__)(command)
+    return app
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; TempoErrors become one line on stderr (``TEMPO_DEBUG=1`` shows the traceback)."""
     try:
-        app(args=argv, prog_name="tempo", standalone_mode=False)
+        build_app()(args=argv, prog_name="tempo", standalone_mode=False)
     except TempoError as exc:
         if os.environ.get("TEMPO_DEBUG"):
             raise

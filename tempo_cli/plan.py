@@ -290,6 +290,22 @@ def make_plan(frames: int, intervals: Sequence[int] = (4, 2, 1), chunks: Sequenc
     return Plan(frames, ivs, counts, layout, height, width, base_fps, tuple(levels))
 
 
+def next_level(prev: Level, interval: int, chunks: int | None = None, layout: str = "seamless") -> Level:
+    """The level that refines ``prev`` to frame ``interval`` (what :func:`make_plan` chains, one step)."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}", hint=f"choose one of: {', '.join(LAYOUTS)}")
+    check_intervals([prev.interval, interval])
+    if layout == "reference":
+        if chunks is not None and chunks != max(4 // interval, 1):
+            raise ConfigError(f"the reference layout fixes the chunks of interval {interval} to "
+                              f"{max(4 // interval, 1)}, got {chunks}", hint="use the seamless layout")
+        return _reference_level(prev.index + 1, prev.frames, prev.interval, interval)
+    count = prev.interval // interval if chunks is None else chunks
+    if not _positive_int(count):
+        raise ConfigError(f"chunk counts must be positive integers, got {count!r}")
+    return _seamless_level(prev.index + 1, prev.frames, prev.interval, interval, count)
+
+
 # ---- joining chunks ---------------------------------------------------------------------------------------
 
 class Span(NamedTuple):

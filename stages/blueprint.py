@@ -1,0 +1,150 @@
+"""``tempo blueprint``: the coarsest level of the whole clip, generated in one chunk with bidirectional
+attention, optionally anchored on a first image, a last image and keyframes at any time."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional, Sequence
+
+import typer
+
+from tempo_cli import options as opt
+from tempo_cli.errors import UsageError
+from tempo_cli.plugins import Stage
+
+if TYPE_CHECKING:
+    from tempo_cli.latents import LatentFile
+    from tempo_cli.options import Session
+
+KEYFRAME = re.compile(r"^\s*(?P<time>\d+(?:\.\d+)?)\s*(?P<unit>s|f)?\s*=(?P<path>.+)$")
+
+
+def level_interval(preset, fps: float, option: str = "--fps") -> int:
+    """The frame interval of the preset level running at ``fps``; a usage error names the levels."""
+    levels = {preset.video.fps / s: s for s in preset.video.frame_intervals}
+    for rate, interval in levels.items():
+        if math.isclose(rate, fps):
+            return interval
+    names = ", ".join(f"{r:g}" for r in levels)
+    raise UsageError(f"{option} {fps:g} is not a level of preset {preset.name}", hint=f"choose one of: {names}")
+
+
+def frame_count(fps: float, frames: int | None, seconds: float | None, default_seconds: float) -> int:
+    """``--frames`` (must be 4k+1) or ``--seconds`` (rounded up to the next 4k+1 frames at ``fps``)."""
+    from tempo_cli.plan import check_frames
+
+    if frames is not None and seconds is not None:
+        raise UsageError("give --frames or --seconds, not both")
+    if frames is not None:
+        check_frames(frames, "--frames")
+        return frames
+    seconds = default_seconds if seconds is None else seconds
+    if seconds <= 0:
+        raise UsageError(f"--seconds must be positive, got {seconds:g}")
+    return 4 * max(1, math.ceil(seconds * fps / 4 - 1e-9)) + 1
+
+
+def parse_keyframes(specs: Sequence[str], fps: float, frames: int) -> dict[int, Path]:
+    """``3.5s=img.png`` (seconds) or ``12f=img.png`` (frame of this level) -> position -> path."""
+    out: dict[int, Path] = {}
+    for spec in specs:
+        match = KEYFRAME.match(spec)
+        if not match:
+            raise UsageError(f"--keyframe {spec!r}: expected TIME=IMAGE, e.g. 3.5s=key.png or 12f=key.png")
+        value = float(match["time"])
+        position = int(value) if match["unit"] == "f" else round(value * fps)
+        if not 0 <= position < frames:
+            raise UsageError(f"--keyframe {spec!r} falls outside the {frames} frames "
+                             f"({(frames - 1) / fps:g} s at {fps:g} fps)")
+        out[position] = Path(match["path"].strip())
+    return out
+
+
+def load_anchors(paths: dict[int, Path], height: int, width: int) -> dict:
+    """position -> frame ``[3, H, W]`` in [-1, 1], each image resized to cover the frame and centre-cropped."""
+    from tempo_cli.video import from_uint8_frames, read_image
+
+    return {p: from_uint8_frames(read_image(path, (height, width))[None])[:, 0] for p, path in paths.items()}
+
+
+def run(session: "Session", prompt: str, *, fps: float, frames: int | None = None, seconds: float | None = None,
+        image: Path | None = None, last_image: Path | None = None, keyframes: Sequence[str] = (), seed: int = 0,
+        steps: int | None = None, micro_batch: int | None = None) -> "LatentFile":
+    """Generate the blueprint level; returns its latent file (not yet written)."""
+    from tempo_cli.latents import LatentFile, LatentHeader
+    from tempo_cli.pipeline import LevelSampling, chunk_records, denoise_level, encode_prompts, level_conditions
+    from tempo_cli.plan import make_plan
+    from tempo_cli.presets import resolved_dict
+
+    preset, store, progress = session.preset, session.store, session.progress
+    if not prompt.strip():
+        raise UsageError("the prompt is empty", hint='describe the video, e.g. tempo blueprint "a dog in snow"')
+    interval = level_interval(preset, fps)
+    count = frame_count(fps, frames, seconds, default_seconds=5.0)
+    height, width = preset.video.height, preset.video.width
+    paths = parse_keyframes(keyframes, fps, count)
+    paths.update({0: image} if image else {})
+    paths.update({count - 1: last_image} if last_image else {})
+    anchors = load_anchors(paths, height, width)
+
+    level = make_plan(count, (interval,), (1,), height=height, width=width, base_fps=preset.video.fps).levels[0]
+    settings = LevelSampling.for_level(preset, interval, steps)
+    weights_id = store.weights_id
+    embeds, negative = encode_prompts(store, prompt, preset.sampler.negative_prompt, settings.guided, progress)
+    conditions = level_conditions(store.vae(), level, None, anchors, height, width)
+    latents = denoise_level(store.dit(), level, conditions, embeds, negative, settings, seed,
+                            micro_batch=micro_batch, progress=progress)
+    header = LatentHeader(
+        stage="blueprint", preset=preset.name, preset_config=resolved_dict(preset), weights_id=weights_id,
+        prompt=prompt, negative_prompt=preset.sampler.negative_prompt, seed=seed, steps=settings.steps,
+        shift=settings.shift, guidance=settings.guidance, guidance_scale=settings.guidance_scale,
+        fps=preset.video.fps / interval, frame_interval=interval, frames=count, height=height, width=width,
+        layout="blueprint", chunks=chunk_records(level),
+        extra={"anchors": {str(p): str(path) for p, path in sorted(paths.items())}})
+    return LatentFile(header, latents, embeds, negative)
+
+
+def command(
+    prompt: Annotated[str, typer.Argument(help="What the video shows.")],
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the blueprint: a level of the preset.")] = 6,
+    seconds: Annotated[Optional[float], typer.Option("--seconds", "-s", help="Length (default 5 s).")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Frame count at --fps (4k+1).")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="First frame (image-to-video).")] = None,
+    last_image: Annotated[Optional[Path], typer.Option("--last-image", help="Last frame.")] = None,
+    keyframe: Annotated[Optional[list[str]], typer.Option("--keyframe", help="TIME=IMAGE anchor, e.g. "
+                                                          "3.5s=key.png or 12f=key.png. Repeatable.")] = None,
+    seed: opt.SeedOpt = 0,
+    steps: opt.StepsOpt = None,
+    output: opt.OutputOpt = None,
+    force: opt.ForceOpt = False,
+    preset: opt.PresetOpt = None,
+    set_: opt.SetOpt = None,
+    weights: opt.WeightsOpt = None,
+    device: opt.DeviceOpt = None,
+    dtype: opt.DtypeOpt = None,
+    micro_batch: opt.MicroBatchOpt = None,
+    quiet: opt.QuietOpt = False,
+) -> None:
+    """Generate the low-frame-rate blueprint of the whole clip; prints the latent file's path."""
+    from tempo_cli.latents import check_writable, save
+
+    target = output or default_output(prompt, fps)
+    check_writable(target, force=force)
+    session = opt.open_session(preset, set_, weights, device, dtype, quiet)
+    latent_file = run(session, prompt, fps=fps, frames=frames, seconds=seconds, image=image, last_image=last_image,
+                      keyframes=keyframe or (), seed=seed, steps=steps, micro_batch=micro_batch)
+    opt.emit_path(save(latent_file, target, force=force))
+
+
+def default_output(prompt: str, fps: float) -> str:
+    """``<first words of the prompt>-<fps>fps.safetensors``, numbered rather than overwriting."""
+    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower())[:6]) or "video"
+    candidate, n = Path(f"{slug}-{fps:g}fps.safetensors"), 1
+    while candidate.exists():
+        candidate, n = Path(f"{slug}-{fps:g}fps-{n}.safetensors"), n + 1
+    return str(candidate)
+
+
+STAGE = Stage("blueprint", "The low-frame-rate blueprint of the whole clip.", command, order=10)

@@ -1,0 +1,86 @@
+"""``tempo encode``: decode a latent file (any level) and write an H.264 mp4, a gif, or a contact sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from tempo_cli import options as opt
+from tempo_cli.errors import UsageError
+from tempo_cli.plugins import Stage
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tempo_cli.latents import LatentFile
+    from tempo_cli.options import Session
+
+
+def run(session: "Session", latent_file: "LatentFile") -> "np.ndarray":
+    """Decode every chunk, join them, and return the frames ``[T, H, W, 3]`` (uint8)."""
+    from tempo_cli.pipeline import decode_file
+    from tempo_cli.video import to_uint8_frames
+
+    video = decode_file(session.store, latent_file, session.progress)
+    session.store.release("vae")
+    return to_uint8_frames(video)
+
+
+def write_outputs(frames, fps: float, output: str | None, sheet: Path | None, quality: int | None,
+                  force: bool) -> list[str]:
+    """Write the video and/or the contact sheet; returns the written paths."""
+    from tempo_cli.video import contact_sheet, write_video
+
+    written = []
+    if output is not None:
+        written.append(str(write_video(frames, output, fps, quality=quality, force=force)))
+    if sheet is not None:
+        if sheet.exists() and not force:
+            raise UsageError(f"{sheet} exists", hint="pass --force to overwrite it")
+        written.append(str(contact_sheet(frames, sheet)))
+    return written
+
+
+def command(
+    source: Annotated[str, typer.Argument(help="Latent file of any level, or '-' for stdin.")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Video to write: .mp4 (H.264) or "
+                                                  ".gif (default: the input's name with .mp4).")] = None,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="Playback frame rate (default: the level's).")] = None,
+    quality: Annotated[Optional[int], typer.Option("--quality", help="H.264 CRF, 0-51, lower is better "
+                                                   "(default 18).")] = None,
+    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Also write a PNG contact sheet.")] = None,
+    force: opt.ForceOpt = False,
+    allow_mismatch: opt.AllowMismatchOpt = False,
+    preset: opt.PresetOpt = None,
+    set_: opt.SetOpt = None,
+    weights: opt.WeightsOpt = None,
+    device: opt.DeviceOpt = None,
+    dtype: opt.DtypeOpt = None,
+    quiet: opt.QuietOpt = False,
+) -> None:
+    """Decode a latent file to video; prints the written paths."""
+    from tempo_cli.latents import check_compatible, load
+
+    if quality is not None and not 0 <= quality <= 51:
+        raise UsageError(f"--quality must be a CRF from 0 to 51, got {quality}")
+    if fps is not None and fps <= 0:
+        raise UsageError(f"--fps must be positive, got {fps:g}")
+    if output is None and sheet is None:
+        if source == "-":
+            raise UsageError("reading stdin: name the video with -o")
+        output = str(Path(source).with_suffix(".mp4"))
+    for path in (output, sheet):
+        if path is not None and str(path) != "-" and Path(path).exists() and not force:
+            raise UsageError(f"{path} exists", hint="pass --force to overwrite it")
+    latent_file = load(source)
+    session = opt.open_session(preset, set_, weights, device, dtype, quiet, fallback_preset=latent_file.header.preset)
+    check_compatible(latent_file.header, session.preset.name, session.store.weights_id, allow_mismatch=allow_mismatch,
+                     name=source)
+    frames = run(session, latent_file)
+    for path in write_outputs(frames, fps or latent_file.header.fps, output, sheet, quality, force):
+        opt.emit_path(path)
+
+
+STAGE = Stage("encode", "Decode a latent file to mp4, gif or a contact sheet.", command, order=40)

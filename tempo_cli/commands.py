@@ -1,0 +1,104 @@
+"""The informational commands: ``plan``, ``inspect``, ``stages`` and ``presets``. Their report is their
+data, so it goes to stdout (a rich tree or table, or JSON with ``--json``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from tempo_cli import options as opt
+
+stdout = Console(highlight=False)
+
+
+def plan(
+    seconds: Annotated[Optional[float], typer.Option("--seconds", "-s", help="Length (default 5 s).")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Blueprint frames (4k+1).")] = None,
+    via: Annotated[Optional[str], typer.Option("--via", help="Frame rates of the levels, e.g. 6,12,24 or 6,24 "
+                                               "(default: the preset's).")] = None,
+    chunks: Annotated[Optional[str], typer.Option("--chunks", help="Chunks per level, e.g. 1,2,4.")] = None,
+    layout: opt.LayoutOpt = "seamless",
+    preset: opt.PresetOpt = None,
+    set_: opt.SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Show the levels, chunks, RoPE indices and estimated cost of a generation (nothing is run)."""
+    from stages.blueprint import frame_count
+    from stages.refine import parse_ints
+    from tempo_cli.plan import estimate_cost, intervals_from_fps, make_plan, plan_to_dict
+    from tempo_cli.presets import load_preset
+
+    chosen = load_preset(preset or opt.DEFAULT_PRESET, set_ or [])
+    video = chosen.video
+    intervals = video.frame_intervals if via is None else intervals_from_fps(parse_ints(via, "--via"), video.fps)
+    counts = parse_ints(chunks, "--chunks")
+    if counts is None and layout == "seamless" and intervals == video.frame_intervals:
+        counts = list(video.chunks)
+    count = frame_count(video.fps / intervals[0], frames, seconds, default_seconds=5.0)
+    the_plan = make_plan(count, intervals, counts, layout, video.height, video.width, video.fps)
+    steps = [_steps_for(chosen, s) for s in intervals]
+    cost = estimate_cost(the_plan, chosen.dit, steps, guidance=chosen.sampler.guidance != "none",
+                         text_len=chosen.text_encoder.text_len)
+    data = plan_to_dict(the_plan, cost)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    tree = Tree(f"[bold]{chosen.name}[/]: {data['final_frames']} frames at {video.fps} fps "
+                f"({data['duration_s']:.2f} s), {video.width}x{video.height}, layout {layout}")
+    for level, level_cost in zip(data["levels"], cost.levels):
+        node = tree.add(f"level {level['index']}: {level['fps']:g} fps (interval {level['interval']}), "
+                        f"{level['frames']} frames in {len(level['chunks'])} chunk(s); "
+                        f"{level_cost.flops / 1e15:.2f} PFLOPs, {level_cost.steps} steps")
+        for chunk in level["chunks"]:
+            real = [p for p in chunk["positions"] if p is not None]
+            node.add(f"chunk {chunk['index']}: frames {real[0]}..{real[-1]} ({chunk['frames']} slots, "
+                     f"{chunk['latent_frames']} latent, {chunk['tokens']} tokens), RoPE {chunk['rope'][0]}"
+                     f"..{chunk['rope'][-1]}")
+    tree.add(f"total {cost.flops / 1e15:.2f} PFLOPs; one-shot generation of the same frames "
+             f"{cost.one_shot.flops / 1e15:.2f} PFLOPs ({cost.speedup:.2f}x)")
+    stdout.print(tree)
+
+
+def _steps_for(preset, interval: int) -> int:
+    from tempo_cli.pipeline import LevelSampling
+
+    return LevelSampling.for_level(preset, interval).steps
+
+
+def inspect(
+    source: Annotated[str, typer.Argument(help="Latent file, or '-' for stdin.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the header as JSON.")] = False,
+) -> None:
+    """Show a latent file's header (its tensors are not loaded)."""
+    from tempo_cli.latents import format_header, header_summary, read_header
+
+    header = read_header(source)
+    if as_json:
+        typer.echo(json.dumps(header_summary(header), indent=2, ensure_ascii=False))
+    else:
+        typer.echo(format_header(header))
+
+
+def stages() -> None:
+    """List the loaded stage plugins."""
+    from tempo_cli.plugins import load_stages
+
+    table = Table("stage", "summary", "from")
+    for loaded in load_stages():
+        table.add_row(loaded.stage.name, loaded.stage.summary, loaded.source)
+    stdout.print(table)
+
+
+def presets() -> None:
+    """List the presets and where they were found."""
+    from tempo_cli.presets import _locate, list_presets, load_preset
+
+    table = Table("preset", "description", "file")
+    for name in list_presets():
+        table.add_row(name, load_preset(name).description, str(_locate(name)))
+    stdout.print(table)

@@ -1,0 +1,40 @@
+"""The stderr console: rich progress bars for the engine and one-line notes. stdout stays data-only."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, \
+    TimeElapsedColumn, TimeRemainingColumn
+
+from tempo_cli.pipeline import Progress as EngineProgress
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def note(message: str) -> None:
+    stderr.print(message, markup=False)
+
+
+class RichProgress(EngineProgress):
+    """Progress bars on stderr with ETA, one line per task; silent when ``quiet``."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        if self.quiet:
+            yield lambda n=1: None
+            return
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+        with Progress(*columns, console=stderr, transient=False) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            note(message)

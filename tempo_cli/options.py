@@ -1,0 +1,70 @@
+"""Options shared by the stage commands, declared once, and the set-up every stage does with them.
+
+Stage modules import the ``Annotated`` aliases below for their Typer signatures and call :func:`open_session`
+to get the preset, a model store and the progress reporter. No torch import at module level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from tempo_cli.config import Preset
+    from tempo_cli.pipeline import Progress
+    from tempo_cli.runtime import ModelStore
+
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name or YAML path "
+                                                  "(default: the input file's preset, else the default preset).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a preset value, e.g. "
+                                                     "--set sampler.steps=[20,10,10]. Repeatable.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Folder with the preset's weight files "
+                                                    "(else $TEMPO_WEIGHTS, else the preset's cache folder).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N (default: CUDA if present).")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA and "
+                                                 "on CPUs with native bf16, else fp32).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the whole run; each level and chunk draws its own "
+                                      "noise stream from it.")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps per level (default: preset's).")]
+MicroBatchOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Chunks denoised at once (default: "
+                                                      "all chunks of a level).")]
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Output file; '-' writes to stdout.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+AllowMismatchOpt = Annotated[bool, typer.Option("--allow-mismatch", help="Accept an input made with another "
+                                                "preset or other weights.")]
+LayoutOpt = Annotated[str, typer.Option("--layout", help="Chunk layout of refined levels: seamless (neighbouring "
+                                        "chunks share their boundary anchor) or reference (the release's).")]
+
+DEFAULT_PRESET = "tiny-random"
+
+
+@dataclass
+class Session:
+    preset: "Preset"
+    store: "ModelStore"
+    progress: "Progress"
+
+
+def open_session(preset: str | None, overrides: list[str] | None, weights: Path | None, device: str | None,
+                 dtype: str | None, quiet: bool, fallback_preset: str | None = None) -> Session:
+    """Resolve the preset (saying so on stderr when it is not a real model) and where models will run."""
+    from tempo_cli.console import RichProgress, note
+    from tempo_cli.presets import load_preset, preset_notice
+    from tempo_cli.runtime import ModelStore, resolve_device, resolve_dtype
+
+    chosen = load_preset(preset or fallback_preset or DEFAULT_PRESET, overrides or [])
+    if message := preset_notice(chosen):
+        note(message)
+    run_device = resolve_device(device)
+    store = ModelStore(chosen, run_device, resolve_dtype(dtype, run_device), weights)
+    return Session(chosen, store, RichProgress(quiet))
+
+
+def emit_path(path: str) -> None:
+    """Written paths go to stdout, one per line (nothing for '-': the data itself went there)."""
+    if path != "-":
+        typer.echo(path)

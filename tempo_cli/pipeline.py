@@ -1,0 +1,211 @@
+"""The engine that runs a level: conditions -> denoise every chunk -> latents; and decoding back to frames.
+
+A level's chunks are independent given the coarser level, so they denoise together as one batch (in
+micro-batches of ``micro_batch`` chunks of equal length), with the conditional and unconditional guidance
+passes batched together. Every chunk draws its initial noise from its own stream
+(:func:`tempo_cli.sampling.initial_noise` with ``level`` = the level's frame interval and ``chunk`` = its
+index), so re-running one level with the same seed reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from tempo_cli import sampling
+from tempo_cli.conditions import anchors_from_layout, condition_latents, condition_video
+from tempo_cli.config import Preset
+from tempo_cli.errors import ConfigError
+from tempo_cli.plan import Chunk, Level, join_spans
+
+
+# ---- progress -----------------------------------------------------------------------------------------------
+
+class Progress:
+    """Where the engine reports work. This base reports nothing; the CLI passes a rich one."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A unit of work of ``total`` steps; yields ``advance(n)``."""
+        yield lambda n=1: None
+
+    def log(self, message: str) -> None:
+        """A one-line note for the user."""
+
+
+# ---- sampling settings of one level --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LevelSampling:
+    steps: int
+    shift: float
+    guidance: str  # "apg" | "cfg" | "none"
+    guidance_scale: float
+
+    @classmethod
+    def for_level(cls, preset: Preset, interval: int, steps: int | None = None) -> "LevelSampling":
+        """The preset's settings for the level at frame ``interval`` (``steps`` overrides)."""
+        intervals = preset.video.frame_intervals
+        # a level the preset does not list takes the settings of the next finer listed one
+        index = next((i for i, s in enumerate(intervals) if s <= interval), len(intervals) - 1)
+        sampler = preset.sampler
+        return cls(steps if steps is not None else sampler.steps[index], sampler.shift[index], sampler.guidance,
+                   sampler.guidance_scale)
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance != "none" and self.guidance_scale != 1.0
+
+
+# ---- one level -------------------------------------------------------------------------------------------------
+
+def chunk_anchors(level: Level, coarse: torch.Tensor | None,
+                  anchors: Mapping[int, torch.Tensor]) -> list[dict[int, torch.Tensor]]:
+    """Per chunk: slot -> frame ``[3, H, W]``. Layout anchors come from ``coarse [3, N, H, W]`` (the coarser
+    level's decoded video); ``anchors`` (level frame position -> frame) add images, keyframes or context."""
+    out = []
+    for chunk in level.chunks:
+        slots = anchors_from_layout(chunk.source_frame, coarse) if coarse is not None else {}
+        slots.update({k: anchors[p] for k, p in enumerate(chunk.positions) if p is not None and p in anchors})
+        out.append(slots)
+    return out
+
+
+def level_conditions(vae, level: Level, coarse: torch.Tensor | None, anchors: Mapping[int, torch.Tensor],
+                     height: int, width: int) -> list[torch.Tensor]:
+    """``y [4 + z, F, h, w]`` of every chunk of ``level`` (VAE-encoded, chunks of one length batched)."""
+    param = next(vae.parameters())
+    per_chunk = chunk_anchors(level, coarse, anchors)
+    out: list[torch.Tensor | None] = [None] * len(level.chunks)
+    for frames, members in _groups_by_length(level).items():
+        videos, masks = zip(*(condition_video(frames, height, width, per_chunk[i]) for i in members))
+        with torch.inference_mode():
+            y = condition_latents(vae, torch.stack(videos).to(param.device, param.dtype),
+                                  torch.stack(masks).to(param.device, param.dtype))
+        for i, row in zip(members, y):
+            out[i] = row.float()
+    return out  # type: ignore[return-value]
+
+
+def _groups_by_length(level: Level) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for chunk in level.chunks:
+        groups.setdefault(chunk.frames, []).append(chunk.index)
+    return groups
+
+
+def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_embeds: torch.Tensor,
+                  negative_embeds: torch.Tensor | None, settings: LevelSampling, seed: int, *,
+                  micro_batch: int | None = None, batch_guidance: bool = True,
+                  progress: Progress | None = None) -> list[torch.Tensor]:
+    """Denoise every chunk of ``level``; returns per chunk the latents ``[z, F, h, w]`` (float32, CPU)."""
+    progress = progress or Progress()
+    param = next(dit.parameters())
+    device, dtype = param.device, param.dtype
+    sigmas, timesteps = sampling.flow_schedule(settings.steps, settings.shift)
+    next_sigmas = sampling.next_sigmas(sigmas)
+    guided = settings.guided and negative_embeds is not None
+    context = prompt_embeds.to(device, dtype)[None]
+    negative = negative_embeds.to(device, dtype)[None] if guided else None
+    results: list[torch.Tensor | None] = [None] * len(level.chunks)
+    size = max(1, micro_batch or len(level.chunks))
+    batches = [m[i:i + size] for m in _groups_by_length(level).values() for i in range(0, len(m), size)]
+    total = settings.steps * len(batches)
+    with progress.task(f"{_fps_name(level)}: {len(level.chunks)} chunk(s), {settings.steps} steps", total) as advance:
+        for members in batches:
+            y = torch.stack([conditions[i] for i in members]).to(device, dtype)  # [b, 4+z, F, h, w]
+            z_shape = (y.shape[1] - 4, *y.shape[2:])
+            z = torch.stack([sampling.initial_noise(z_shape, seed, level.interval, i) for i in members]).to(device)
+            rope = torch.tensor([level.chunks[i].rope for i in members], device=device)
+            state = None
+            for step in range(settings.steps):
+                t = timesteps[step].expand(len(members)).to(device)
+                with torch.inference_mode():
+                    if not guided:
+                        velocity = dit(z, t, context, y, rope)
+                    else:
+                        cond_v, uncond_v = _guidance_passes(dit, z, t, context, negative, y, rope, batch_guidance)
+                        velocity, state = sampling.guide(settings.guidance, cond_v, uncond_v, z,
+                                                         sigmas[step].item(), settings.guidance_scale, state)
+                z = sampling.euler_step(z, velocity.float(), sigmas[step].item(), next_sigmas[step].item())
+                advance(1)
+            for i, latents in zip(members, z.cpu()):
+                results[i] = latents
+    return results  # type: ignore[return-value]
+
+
+def _guidance_passes(dit, z, t, context, negative, y, rope, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    b = z.shape[0]
+    if batched:
+        both = torch.cat([context.expand(b, -1, -1), negative.expand(b, -1, -1)])
+        out = dit(torch.cat([z, z]), torch.cat([t, t]), both, torch.cat([y, y]), torch.cat([rope, rope]))
+        return out[:b].float(), out[b:].float()
+    return dit(z, t, context, y, rope).float(), dit(z, t, negative, y, rope).float()
+
+
+def _fps_name(level: Level) -> str:
+    return f"level {level.index} (interval {level.interval})"
+
+
+def decode_level(vae, level: Level, chunk_latents: Sequence[torch.Tensor],
+                 progress: Progress | None = None) -> torch.Tensor:
+    """Decode every chunk and join them into the level's video ``[3, T, H, W]`` in [-1, 1] (float32, CPU)."""
+    progress = progress or Progress()
+    param = next(vae.parameters())
+    if len(chunk_latents) != len(level.chunks):
+        raise ConfigError(f"level {level.index} has {len(level.chunks)} chunks, got latents of {len(chunk_latents)}")
+    decoded = []
+    with progress.task(f"decoding {len(chunk_latents)} chunk(s)", len(chunk_latents)) as advance:
+        for latents in chunk_latents:
+            with torch.inference_mode():
+                decoded.append(vae.decode(latents[None].to(param.device, param.dtype))[0].float().cpu())
+            advance(1)
+    return torch.cat([decoded[c][:, a:b] for c, a, b in join_spans(level)], dim=1)
+
+
+# ---- latent files <-> levels ------------------------------------------------------------------------------------
+
+def chunk_records(level: Level) -> list[dict]:
+    """The chunk layout of a level as stored in a latent file header."""
+    return [{"start": next(p for p in c.positions if p is not None), "frames": c.frames,
+             "latent_frames": c.latent_frames, "rope_start": c.rope[0], "rope": list(c.rope),
+             "source_frame": list(c.source_frame), "mask": list(c.mask)} for c in level.chunks]
+
+
+def level_from_header(header) -> Level:
+    """Rebuild the level a latent file holds (enough to join its chunks and to refine from it)."""
+    chunks = []
+    for i, record in enumerate(header.chunks):
+        start, frames = record["start"], record["frames"]
+        positions = tuple(p if p < header.frames else None for p in range(start, start + frames))
+        rope = tuple(record.get("rope") or [record["rope_start"] + j * header.frame_interval
+                                              for j in range(record["latent_frames"])])
+        source = tuple(record.get("source_frame") or [-1] * frames)
+        chunks.append(Chunk(i, positions, source, tuple(record.get("mask") or [0] * frames), rope))
+    return Level(len(header.levels), header.frame_interval, header.frames, tuple(chunks))
+
+
+def encode_prompts(store, prompt: str, negative_prompt: str, guided: bool,
+                   progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompt (and, with guidance, negative prompt) embeddings ``[text_len, dim]``; frees the encoder after."""
+    from tempo_cli.models.text_encoder import encode_prompts as encode
+
+    progress = progress or Progress()
+    with progress.task("encoding the prompt", 1) as advance:
+        encoder, tokenizer = store.text_encoder()
+        with_negative = guided and bool(negative_prompt.strip())
+        prompts = [prompt, negative_prompt] if with_negative else [prompt]
+        embeds = encode(encoder, tokenizer, prompts, device=store.device).float().cpu()
+        # an empty negative prompt is all padding: a zero embedding
+        negative = (embeds[1] if with_negative else torch.zeros_like(embeds[0])) if guided else None
+        advance(1)
+    store.release("text_encoder")
+    return embeds[0], negative
+
+
+def decode_file(store, latent_file, progress: Progress | None = None) -> torch.Tensor:
+    """The video ``[3, T, H, W]`` in [-1, 1] that a latent file holds (its chunks decoded and joined)."""
+    return decode_level(store.vae(), level_from_header(latent_file.header), latent_file.chunks, progress)
