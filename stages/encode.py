@@ -37,9 +37,7 @@ def write_outputs(frames, fps: float, output: str | None, sheet: Path | None, qu
     if output is not None:
         written.append(str(write_video(frames, output, fps, quality=quality, force=force)))
     if sheet is not None:
-        if sheet.exists() and not force:
-            raise UsageError(f"{sheet} exists", hint="pass --force to overwrite it")
-        written.append(str(contact_sheet(frames, sheet)))
+        written.append(str(contact_sheet(frames, sheet, force=force)))
     return written
 
 
