@@ -107,7 +107,7 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
         chunks: str | None = None, layout: str = "seamless", seed: int | None = None, steps: int | None = None,
         micro_batch: int | None = None) -> "LatentFile":
     """Refine a latent file to ``to_fps``; returns the finest level's latent file (not yet written)."""
-    from tempo_cli.latents import LatentFile
+    from tempo_cli.latents import LatentFile, utc_now
     from tempo_cli.pipeline import chunk_records, decode_file, level_from_header
 
     header = parent.header
@@ -127,14 +127,9 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
         header, stage="refine", seed=run_seed, steps=settings.steps, shift=settings.shift,
         fps=session.preset.video.fps / final.interval, frame_interval=final.interval, frames=final.frames,
         layout=layout, chunks=chunk_records(final), levels=history, parent_sha256=parent.source_sha256,
-        created=_now())
+        created=utc_now())
     return LatentFile(child, latents, parent.prompt_embeds, parent.negative_embeds)
 
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def video_as_parent(session: "Session", path: Path, prompt: str | None, seed: int) -> "LatentFile":

@@ -45,7 +45,7 @@ _MAX_HEADER = 100_000_000  # safetensors' own limit on its JSON header
 _NOT_TEMPO_HINT = "give a file written by a tempo stage"
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -78,7 +78,7 @@ class LatentHeader:
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     tempo_version: str = __version__
-    created: str = field(default_factory=_now)
+    created: str = field(default_factory=utc_now)
 
 
 @dataclass

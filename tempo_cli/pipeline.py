@@ -150,20 +150,26 @@ def _fps_name(level: Level) -> str:
     return f"level {level.index} (interval {level.interval})"
 
 
-def decode_level(vae, level: Level, chunk_latents: Sequence[torch.Tensor],
-                 progress: Progress | None = None) -> torch.Tensor:
-    """Decode every chunk and join them into the level's video ``[3, T, H, W]`` in [-1, 1] (float32, CPU)."""
+def decode_level(vae, level: Level, chunk_latents: Sequence[torch.Tensor], progress: Progress | None = None,
+                 first: int = 0) -> torch.Tensor:
+    """Decode the chunks and join them into the level's video ``[3, T - first, H, W]`` in [-1, 1] (float32, CPU).
+
+    Only chunks that hold frames at or after level position ``first`` are decoded.
+    """
     progress = progress or Progress()
     param = next(vae.parameters())
     if len(chunk_latents) != len(level.chunks):
         raise ConfigError(f"level {level.index} has {len(level.chunks)} chunks, got latents of {len(chunk_latents)}")
-    decoded = []
-    with progress.task(f"decoding {len(chunk_latents)} chunk(s)", len(chunk_latents)) as advance:
-        for latents in chunk_latents:
+    spans = [span for span in join_spans(level) if level.chunks[span.chunk].positions[span.stop - 1] >= first]
+    pieces = []
+    with progress.task(f"decoding {len(spans)} chunk(s)", len(spans)) as advance:
+        for c, a, b in spans:
             with torch.inference_mode():
-                decoded.append(vae.decode(latents[None].to(param.device, param.dtype))[0].float().cpu())
+                video = vae.decode(chunk_latents[c][None].to(param.device, param.dtype))[0].float().cpu()
+            start = max(a, a + first - level.chunks[c].positions[a])
+            pieces.append(video[:, start:b])
             advance(1)
-    return torch.cat([decoded[c][:, a:b] for c, a, b in join_spans(level)], dim=1)
+    return torch.cat(pieces, dim=1)
 
 
 # ---- latent files <-> levels ------------------------------------------------------------------------------------
@@ -171,6 +177,7 @@ def decode_level(vae, level: Level, chunk_latents: Sequence[torch.Tensor],
 def chunk_records(level: Level) -> list[dict]:
     """The chunk layout of a level as stored in a latent file header."""
     return [{"start": next(p for p in c.positions if p is not None), "frames": c.frames,
+             "real": sum(p is not None for p in c.positions),
              "latent_frames": c.latent_frames, "rope_start": c.rope[0], "rope": list(c.rope),
              "source_frame": list(c.source_frame), "mask": list(c.mask)} for c in level.chunks]
 
@@ -179,8 +186,8 @@ def level_from_header(header) -> Level:
     """Rebuild the level a latent file holds (enough to join its chunks and to refine from it)."""
     chunks = []
     for i, record in enumerate(header.chunks):
-        start, frames = record["start"], record["frames"]
-        positions = tuple(p if p < header.frames else None for p in range(start, start + frames))
+        start, frames, real = record["start"], record["frames"], record.get("real", record["frames"])
+        positions = tuple(start + k if k < real and start + k < header.frames else None for k in range(frames))
         rope = tuple(record.get("rope") or [record["rope_start"] + j * header.frame_interval
                                               for j in range(record["latent_frames"])])
         source = tuple(record.get("source_frame") or [-1] * frames)
@@ -206,6 +213,6 @@ def encode_prompts(store, prompt: str, negative_prompt: str, guided: bool,
     return embeds[0], negative
 
 
-def decode_file(store, latent_file, progress: Progress | None = None) -> torch.Tensor:
-    """The video ``[3, T, H, W]`` in [-1, 1] that a latent file holds (its chunks decoded and joined)."""
-    return decode_level(store.vae(), level_from_header(latent_file.header), latent_file.chunks, progress)
+def decode_file(store, latent_file, progress: Progress | None = None, first: int = 0) -> torch.Tensor:
+    """The video ``[3, T - first, H, W]`` in [-1, 1] that a latent file holds from frame ``first`` on."""
+    return decode_level(store.vae(), level_from_header(latent_file.header), latent_file.chunks, progress, first)
