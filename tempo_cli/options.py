@@ -39,7 +39,7 @@ AllowMismatchOpt = Annotated[bool, typer.Option("--allow-mismatch", help="Accept
 LayoutOpt = Annotated[str, typer.Option("--layout", help="Chunk layout of refined levels: seamless (neighbouring "
                                         "chunks share their boundary anchor) or reference (the release's).")]
 
-DEFAULT_PRESET = "tiny-random"
+DEFAULT_PRESET = "tempomaster-14b"
 
 
 @dataclass
@@ -52,16 +52,28 @@ class Session:
 def open_session(preset: str | None, overrides: list[str] | None, weights: Path | None, device: str | None,
                  dtype: str | None, quiet: bool, fallback_preset: str | None = None) -> Session:
     """Resolve the preset (saying so on stderr when it is not a real model) and where models will run."""
+    from tempo_cli import distributed
     from tempo_cli.console import RichProgress, note
     from tempo_cli.presets import load_preset, preset_notice
     from tempo_cli.runtime import ModelStore, resolve_device, resolve_dtype
 
     chosen = load_preset(preset or fallback_preset or DEFAULT_PRESET, overrides or [])
-    if message := preset_notice(chosen):
+    distributed.init_from_env()  # under torchrun: join the group; each rank takes its share of every level
+    main = distributed.is_main()
+    if main and (message := preset_notice(chosen)):
         note(message)
-    run_device = resolve_device(device)
+    run_device = distributed.local_device() or resolve_device(device)
     store = ModelStore(chosen, run_device, resolve_dtype(dtype, run_device), weights)
-    return Session(chosen, store, RichProgress(quiet))
+    return Session(chosen, store, RichProgress(quiet or not main))
+
+
+def write_latents(latent_file, target: str, force: bool) -> None:
+    """Save a stage's result (on rank 0 only, under torchrun) and print its path."""
+    from tempo_cli import distributed
+    from tempo_cli.latents import save
+
+    if distributed.is_main():
+        emit_path(save(latent_file, target, force=force))
 
 
 def emit_path(path: str) -> None:

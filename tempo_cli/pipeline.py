@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from tempo_cli import sampling
+from tempo_cli import distributed, sampling
 from tempo_cli.conditions import anchors_from_layout, condition_latents, condition_video
 from tempo_cli.config import Preset
 from tempo_cli.errors import ConfigError
@@ -110,9 +110,13 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
     guided = settings.guided and negative_embeds is not None
     context = prompt_embeds.to(device, dtype)[None]
     negative = negative_embeds.to(device, dtype)[None] if guided else None
-    results: list[torch.Tensor | None] = [None] * len(level.chunks)
-    size = max(1, micro_batch or len(level.chunks))
-    batches = [m[i:i + size] for m in _groups_by_length(level).values() for i in range(0, len(m), size)]
+    results: dict[int, torch.Tensor] = {}
+    mine = distributed.my_share([c.index for c in level.chunks])  # all of them unless under torchrun
+    size = max(1, micro_batch or len(mine))
+    batches = []
+    for group in _groups_by_length(level).values():  # equal lengths batch together
+        members = [i for i in group if i in mine]
+        batches += [members[i:i + size] for i in range(0, len(members), size)]
     total = settings.steps * len(batches)
     with progress.task(f"{_fps_name(level)}: {len(level.chunks)} chunk(s), {settings.steps} steps", total) as advance:
         for members in batches:
@@ -132,9 +136,9 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                                                          sigmas[step].item(), settings.guidance_scale, state)
                 z = sampling.euler_step(z, velocity.float(), sigmas[step].item(), next_sigmas[step].item())
                 advance(1)
-            for i, latents in zip(members, z.cpu()):
-                results[i] = latents
-    return results  # type: ignore[return-value]
+            results.update(zip(members, z.cpu()))
+    results = distributed.gather(results)
+    return [results[c.index] for c in level.chunks]
 
 
 def _guidance_passes(dit, z, t, context, negative, y, rope, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,27 @@ def apply_rope(x: torch.Tensor, rotation: torch.Tensor, dtype: torch.dtype) -> t
     return torch.view_as_real(pairs * rotation).flatten(-2).to(dtype)
 
 
+def _cpu_fused_gelu_available() -> bool:
+    return hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+
+
+CPU_FUSED_GELU = _cpu_fused_gelu_available()
+
+
+def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``gelu_tanh(linear(x))``; on CPU in bfloat16 one oneDNN kernel does both (about twice as fast on AMX)."""
+    if CPU_FUSED_GELU and x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled():
+        return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, "gelu", [], "tanh")
+    return F.gelu(linear(x), approximate="tanh")
+
+
+def fused_linear(x: torch.Tensor, *linears: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """Several linear layers on the same input as one matrix product (one pass over ``x``)."""
+    weight = torch.cat([layer.weight for layer in linears])
+    bias = torch.cat([layer.bias for layer in linears])
+    return F.linear(x, weight, bias).chunk(len(linears), dim=-1)
+
+
 class RMSNorm(nn.Module):
     """RMS norm over the last dimension with a learned scale ``weight``; computes and returns float32."""
 
@@ -86,9 +107,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
         """``x [B, L, dim]`` in the compute dtype -> ``[B, L, dim]``."""
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, L, n, d] float32
-        k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))
-        v = self.v(x).unflatten(-1, (self.num_heads, -1))
+        q, k, v = fused_linear(x, self.q, self.k, self.v)
+        q = self.norm_q(q).unflatten(-1, (self.num_heads, -1))  # [B, L, n, d] float32
+        k = self.norm_k(k).unflatten(-1, (self.num_heads, -1))
+        v = v.unflatten(-1, (self.num_heads, -1))
         out = attention(apply_rope(q, rotation, x.dtype), apply_rope(k, rotation, x.dtype), v)
         return self.o(out.flatten(2))
 
@@ -131,7 +153,7 @@ class DiTBlock(nn.Module):
         h = F.layer_norm(x, x.shape[-1:], self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
         x = x + self.cross_attn(h.to(dtype), context)
         h = torch.addcmul(shift_ff, F.layer_norm(x, x.shape[-1:], eps=self.eps), 1 + scale_ff)
-        return torch.addcmul(x, self.ffn(h.to(dtype)), gate_ff)
+        return torch.addcmul(x, self.ffn[2](linear_gelu(h.to(dtype), self.ffn[0])), gate_ff)
 
 
 class Head(nn.Module):
