@@ -52,8 +52,10 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 class ModelStore:
     """The networks of one preset, each loaded when first asked for and dropped by :meth:`release`."""
 
-    def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, weights_dir: str | Path | None = None):
+    def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, weights_dir: str | Path | None = None,
+                 offload: bool = False):
         self.preset, self.device, self.dtype, self.weights_dir = preset, device, dtype, weights_dir
+        self.offload = offload  # keep the DiT's blocks in CPU memory, each visiting the device for its forward
         self._models: dict[str, object] = {}
         self._paths: dict[str, Path] | None = None
 
@@ -74,6 +76,15 @@ class ModelStore:
     def dit(self):
         from tempo_cli.models.dit import MultiMaskDiT
 
+        if "dit" not in self._models and self.offload and self.device.type != "cpu":
+            from tempo_cli.offload import offload_blocks
+
+            device, self.device = self.device, torch.device("cpu")
+            try:
+                model = self._get("dit", lambda: MultiMaskDiT(self.preset.dit))
+            finally:
+                self.device = device
+            self._models["dit"] = offload_blocks(model, device)
         return self._get("dit", lambda: MultiMaskDiT(self.preset.dit))
 
     def vae(self):
