@@ -230,6 +230,46 @@ class WeightsConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The two-stage recipe (and the toy VAE's training), for ``tempo train``.
+
+    Stage 1 learns multi-mask denoising at one frame rate; stage 2 next-frame-rate prediction on levels at the
+    preset's frame intervals, with randomised temporal start indices in ``[0, t_max]``.
+    """
+
+    stage1_steps: int
+    stage1_lr: float
+    stage2_steps: int
+    stage2_lr: float
+    batch_size: int = 8
+    clip_frames: int = 17  # frames of one training clip at its level's frame rate (4k+1)
+    max_conditioned: float = 0.15  # stage 1: at most this share of frames given as conditions
+    t_max: int = 64  # stage 2: temporal RoPE start index drawn from U[0, t_max]
+    timestep_shift: float = 3.0
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.0  # 0: no EMA
+    vae_steps: int = 0  # 0: the VAE is frozen (the real presets keep the official one)
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    text_encoder_lr: float = 0.0  # 0: the text encoder is frozen
+    checkpoint_every: int = 500
+    sample_every: int = 0  # 0: no sample videos
+
+    def __post_init__(self) -> None:
+        _positive("TrainConfig", batch_size=self.batch_size, stage1_lr=self.stage1_lr, stage2_lr=self.stage2_lr,
+                  timestep_shift=self.timestep_shift, checkpoint_every=self.checkpoint_every)
+        for name in ("stage1_steps", "stage2_steps", "vae_steps", "warmup_steps", "sample_every", "t_max"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
+        if self.clip_frames < 5 or self.clip_frames % 4 != 1:
+            raise ConfigError(f"train.clip_frames must be 4k+1 (k >= 1), got {self.clip_frames}")
+        if not 0 <= self.max_conditioned <= 1 or not 0 <= self.ema_decay < 1:
+            raise ConfigError("train.max_conditioned must be in [0, 1] and train.ema_decay in [0, 1)")
+
+
+@dataclass(frozen=True)
 class Preset:
     """Everything one model setup needs; filled from ``presets/<name>.yaml``."""
 
@@ -241,6 +281,7 @@ class Preset:
     video: VideoConfig
     sampler: SamplerConfig
     weights: WeightsConfig
+    train: TrainConfig | None = None
 
     def __post_init__(self) -> None:
         if self.dit.out_dim != self.vae.z_dim:

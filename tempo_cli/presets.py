@@ -23,13 +23,15 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
-from tempo_cli.config import (DiTConfig, Preset, SamplerConfig, TextEncoderConfig, VAEConfig, VideoConfig,
-                              WeightsConfig, config_to_dict)
+from tempo_cli.config import (DiTConfig, Preset, SamplerConfig, TextEncoderConfig, TrainConfig, VAEConfig,
+                              VideoConfig, WeightsConfig, config_to_dict)
 from tempo_cli.errors import CheckpointError, ConfigError, UsageError
 from tempo_cli.tokenizers import BUILTIN_PREFIX
 
 SECTIONS: dict[str, type] = {"dit": DiTConfig, "vae": VAEConfig, "text_encoder": TextEncoderConfig,
-                             "video": VideoConfig, "sampler": SamplerConfig, "weights": WeightsConfig}
+                             "video": VideoConfig, "sampler": SamplerConfig, "weights": WeightsConfig,
+                             "train": TrainConfig}
+OPTIONAL_SECTIONS = ("train",)  # a preset without it cannot be trained
 FILE_KEYS = ("description", "extends", *SECTIONS)
 SUFFIXES = (".yaml", ".yml")
 WEIGHT_KEYS = ("dit", "vae", "text_encoder", "tokenizer")
@@ -197,6 +199,8 @@ def _build(name: str, data: Mapping[str, Any], source: str) -> Preset:
     with _about(source):
         configs = {}
         for section, cls in SECTIONS.items():
+            if section in OPTIONAL_SECTIONS and data.get(section) is None:
+                continue
             values = _check_section(section, data.get(section, {}))
             missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                        and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -217,7 +221,8 @@ def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> Preset:
 def resolved_dict(preset: Preset) -> dict[str, Any]:
     """The fully resolved preset as plain JSON-able data; :func:`preset_from_dict` reads it back."""
     return {"name": preset.name, "description": preset.description,
-            **{section: config_to_dict(getattr(preset, section)) for section in SECTIONS}}
+            **{section: config_to_dict(getattr(preset, section)) for section in SECTIONS
+               if getattr(preset, section) is not None}}
 
 
 def preset_from_dict(data: Mapping[str, Any], source: str = "preset data") -> Preset:
