@@ -227,7 +227,8 @@ def encode_prompts(encoder: TextEncoder, tokenizer: PreTrainedTokenizerBase, pro
                        add_special_tokens=True, return_tensors="pt")
     ids = tokens["input_ids"].to(device)  # [B, text_len]
     mask = tokens["attention_mask"].to(device)  # [B, text_len]
-    with torch.no_grad():
+    trainable = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+    with torch.set_grad_enabled(trainable):  # gradients only when the encoder is being trained
         hidden = encoder(ids, mask)  # [B, text_len, dim]
     lengths = mask.gt(0).sum(dim=1)  # [B]
     keep = torch.arange(text_len, device=device)[None, :] < lengths[:, None]  # [B, text_len]

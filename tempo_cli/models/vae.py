@@ -272,6 +272,23 @@ class CausalVideoVAE(nn.Module):
 
         return self._stream(step, latents, chunks, tiles, (1, sf), overlap)
 
+    def posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For training: raw (un-normalised) posterior mean and log-variance ``[B, z, 1 + k, h, w]``, with
+        gradients; chunked in time exactly like :meth:`encode`, untiled."""
+        self._check_video(video)
+        tf = self.config.temporal_factor
+        cache: Cache = {}
+        parts = [self.conv1(self.encoder(video[:, :, t0:t0 + (1 if t0 == 0 else tf)], cache))
+                 for t0 in [0, *range(1, video.shape[2], tf)]]
+        return torch.cat(parts, dim=2).chunk(2, dim=1)
+
+    def reconstruct(self, raw: torch.Tensor) -> torch.Tensor:
+        """For training: raw latents ``[B, z, F, h, w]`` -> video ``[B, 3, 1 + 4(F-1), H, W]`` (not clamped),
+        with gradients; one latent frame at a time like :meth:`decode`."""
+        cache: Cache = {}
+        x = self.conv2(raw)
+        return torch.cat([self.decoder(x[:, :, i:i + 1], cache) for i in range(x.shape[2])], dim=2)
+
     def _latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel latent mean and std, [1, z, 1, 1, 1] float32, made on the model's device per call."""
         device = self.conv1.weight.device

@@ -1,0 +1,259 @@
+"""The training run: phases (VAE, stage 1, stage 2) with AdamW, warm-up, clipping, optional EMA, safetensors
+checkpoints that resume after an interruption, DDP under ``torchrun`` (gloo on CPU, NCCL on GPUs), and the
+trained model written as a preset folder (weights + ``preset.yaml``) that ``--weights`` / ``--preset`` load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from tempo_cli import distributed, training
+from tempo_cli.config import Preset
+from tempo_cli.errors import CheckpointError
+from tempo_cli.pipeline import Progress
+
+CHECKPOINT = "checkpoint.safetensors"
+TIED_ALIAS = "model.encoder.embed_tokens.weight"  # the text encoder's token embedding, also ``model.shared``
+WEIGHT_FILES = {"dit": "dit.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
+
+
+@dataclasses.dataclass
+class RunState:
+    phase: str = ""
+    step: int = 0
+    done: tuple[str, ...] = ()
+    latents_mean: tuple[float, ...] = ()
+    latents_std: tuple[float, ...] = ()
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains the networks of ``preset`` (random initialisation from its seed) into ``out``."""
+
+    def __init__(self, preset: Preset, out: Path, source: training.VideoSource, *, device: torch.device,
+                 progress: Progress, seed: int = 0, cache_size: int = 512, on_sample: Callable | None = None):
+        from tempo_cli.runtime import ModelStore
+
+        self.preset, self.out, self.source, self.device = preset, out, source, device
+        self.progress, self.seed, self.cache_size, self.on_sample = progress, seed, cache_size, on_sample
+        self.cfg = training.stage_plan(preset) and preset.train
+        store = ModelStore(preset, device, torch.float32)  # random init from the preset's seed; fp32 master weights
+        self.vae, self.dit = store.vae().train(), store.dit().train()
+        self.text_encoder, self.tokenizer = store.text_encoder()
+        self.text_encoder.train()
+        for model in (self.vae, self.dit, self.text_encoder):
+            model.requires_grad_(True)
+        self.state = RunState()
+        out.mkdir(parents=True, exist_ok=True)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+
+    def _models(self) -> dict[str, torch.nn.Module]:
+        return {"vae": self.vae, "dit": self.dit, "text_encoder": self.text_encoder}
+
+    def save_checkpoint(self, optimizer: torch.optim.Optimizer | None = None,
+                        ema: dict[str, torch.Tensor] | None = None) -> None:
+        if not distributed.is_main():
+            return
+        tensors = {f"model.{m}.{k}": v for m, model in self._models().items() for k, v in model.state_dict().items()
+                   if k != TIED_ALIAS}
+        tensors.update({f"ema.{k}": v for k, v in (ema or {}).items()})
+        names = {id(p): n for m, model in self._models().items() for n, p in
+                 ((f"{m}.{k}", p) for k, p in model.named_parameters())}
+        for group in optimizer.param_groups if optimizer is not None else []:
+            for p in group["params"]:
+                for key, value in optimizer.state.get(p, {}).items():
+                    if torch.is_tensor(value):
+                        tensors[f"optim.{names[id(p)]}.{key}"] = value.reshape(-1) if value.ndim == 0 else value
+        meta = {"state": json.dumps(dataclasses.asdict(self.state))}
+        atomic_save(tensors, self.out / CHECKPOINT, meta)
+
+    def load_checkpoint(self) -> dict[str, torch.Tensor] | None:
+        """Restore models and run state from ``out``; returns the tensors (for the optimizer and EMA)."""
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            self.state = RunState(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in json.loads(f.metadata()["state"]).items()})
+        tensors = load_file(str(path))
+        for m, model in self._models().items():
+            missing, unexpected = model.load_state_dict(
+                {k[len(m) + 7:]: v for k, v in tensors.items() if k.startswith(f"model.{m}.")}, strict=False)
+            if set(missing) - {TIED_ALIAS} or unexpected:
+                raise CheckpointError(f"{path} does not fit the {m} of preset {self.preset.name}: "
+                                      f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        self.progress.log(f"resuming {self.state.phase} at step {self.state.step} from {path}")
+        return tensors
+
+    @staticmethod
+    def restore_optimizer(optimizer, params: dict[str, torch.nn.Parameter], tensors) -> None:
+        for name, p in params.items():
+            state = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optim.{name}.")
+                     and k.count(".") == name.count(".") + 2}
+            if state:
+                state["step"] = state["step"].reshape(()) if "step" in state else torch.tensor(0.0)
+                optimizer.state[p] = state
+
+    # ---- phases -------------------------------------------------------------------------------------------------
+
+    def run(self, phases: list[str] | None = None) -> None:
+        tensors = self.load_checkpoint()
+        for phase, steps, lr in training.stage_plan(self.preset):
+            if phase in self.state.done or (phases and phase not in phases):
+                continue
+            resume = tensors if self.state.phase == phase else None
+            if self.state.phase != phase:
+                self.state = dataclasses.replace(self.state, phase=phase, step=0)
+            if phase == "vae":
+                self._train_vae(steps, lr, resume)
+            else:
+                self._train_dit(phase, steps, lr, resume)
+            self.state = dataclasses.replace(self.state, done=self.state.done + (phase,))
+            tensors = None
+            self.save_checkpoint()  # the phase is done: its optimiser state is no longer needed
+            self.export()
+
+    def _optimizer(self, named: dict[str, torch.nn.Parameter], lr: float, resume) -> torch.optim.AdamW:
+        optimizer = torch.optim.AdamW(named.values(), lr=lr, weight_decay=self.cfg.weight_decay)
+        if resume is not None:
+            self.restore_optimizer(optimizer, named, resume)
+        return optimizer
+
+    def _loop(self, name: str, steps: int, lr: float, named, step_fn, resume, ema_model=None) -> None:
+        optimizer = self._optimizer(named, lr, resume)
+        ema = None
+        if ema_model is not None and self.cfg.ema_decay > 0:
+            ema = {k: (resume[f"ema.{k}"] if resume is not None and f"ema.{k}" in resume else v.detach().float().clone())
+                   for k, v in ema_model.state_dict().items()}
+        with self.progress.task(f"{name}: {steps} steps", steps) as advance:
+            advance(self.state.step)
+            while self.state.step < steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = training.learning_rate(self.state.step, lr, self.cfg.warmup_steps, steps)
+                loss, info = step_fn(self.state.step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if distributed.world_size() > 1:
+                    for p in named.values():
+                        if p.grad is not None:
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= distributed.world_size()
+                torch.nn.utils.clip_grad_norm_(list(named.values()), self.cfg.grad_clip)
+                optimizer.step()
+                if ema is not None:
+                    training.ema_update(ema, ema_model, self.cfg.ema_decay)
+                self.state = dataclasses.replace(self.state, step=self.state.step + 1)
+                advance(1)
+                if self.state.step % 50 == 0 or self.state.step == steps:
+                    self.progress.log(f"{name} step {self.state.step}: loss {loss.item():.4f} "
+                                      + " ".join(f"{k} {v:.4f}" for k, v in info.items()))
+                if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == steps:
+                    self.save_checkpoint(optimizer, ema)
+                if self.on_sample and self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0:
+                    self.on_sample(self, name, self.state.step)
+        if ema is not None:
+            ema_model.load_state_dict({k: v.to(ema_model.state_dict()[k].dtype) for k, v in ema.items()})
+
+    def _train_vae(self, steps: int, lr: float, resume) -> None:
+        rng = np.random.default_rng([self.seed, 1, distributed.rank(), self.state.step])
+        named = {f"vae.{k}": p for k, p in self.vae.named_parameters()}
+
+        def step(i: int):
+            frames = int(rng.choice([1, 5, 9]))
+            interval = int(rng.choice(self.preset.video.frame_intervals))
+            clips = [self.source.clip(int(rng.integers(1 << 30)), (frames - 1) * interval + 1)[0][::interval]
+                     for _ in range(self.cfg.batch_size)]
+            video = torch.stack([training.to_video(c) for c in clips]).to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return training.vae_loss(self.vae, video, self.cfg.vae_kl_weight)
+
+        self._loop("vae", steps, lr, named, step, resume)
+        mean, std = training.latent_statistics(self.vae, self.source, min(64, self.cache_size), 9,
+                                               first_index=10_000_000)
+        self.state = dataclasses.replace(self.state, latents_mean=tuple(mean), latents_std=tuple(std))
+        self._set_vae_stats()
+
+    def _set_vae_stats(self) -> None:
+        if self.state.latents_mean:
+            vae_config = dataclasses.replace(self.preset.vae, latents_mean=self.state.latents_mean,
+                                             latents_std=self.state.latents_std)
+            self.preset = dataclasses.replace(self.preset, vae=vae_config)
+            self.vae.config = vae_config
+
+    def _train_dit(self, phase: str, steps: int, lr: float, resume) -> None:
+        from tempo_cli.models.text_encoder import encode_prompts
+
+        self._set_vae_stats()
+        self.vae.eval().requires_grad_(False)
+        intervals = self.preset.video.frame_intervals
+        layout_rng = np.random.default_rng([self.seed, 2 if phase == "stage1" else 3, distributed.rank()])
+        make = (lambda: training.stage1_layout(layout_rng, self.cfg, intervals[-1])) if phase == "stage1" else \
+            (lambda: training.stage2_layout(layout_rng, self.cfg, intervals))
+        data: dict[int, training.Prepared] = {}
+        with self.progress.task(f"{phase}: encoding {self.cache_size} clips", 1) as advance:
+            offset = (distributed.rank() + 1) * 1_000_000 + (0 if phase == "stage1" else 500_000)
+            for frames, group in training.prepare(self.source, self.vae, [make() for _ in range(self.cache_size)],
+                                                  offset).items():
+                data[frames] = group
+            advance(1)
+        batch_rng = np.random.default_rng([self.seed, 4, distributed.rank(), self.state.step])
+        torch_rng = torch.Generator().manual_seed(self.seed * 7919 + distributed.rank() + self.state.step)
+        stream = training.batches(data, self.cfg.batch_size, batch_rng)
+        named = {f"dit.{k}": p for k, p in self.dit.named_parameters()}
+        if self.cfg.text_encoder_lr > 0:
+            named.update({f"text_encoder.{k}": p for k, p in self.text_encoder.named_parameters()})
+        text_len = self.preset.text_encoder.text_len
+
+        def step(i: int):
+            target, condition, step_intervals, captions = next(stream)
+            t = training.sample_timesteps(torch_rng, len(captions), self.cfg.timestep_shift)
+            noise = torch.randn(target.shape, generator=torch_rng)
+            rope = training.rope_positions(torch_rng, step_intervals, target.shape[2], self.cfg.t_max)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                context = encode_prompts(self.text_encoder, self.tokenizer, captions, text_len, self.device)
+                loss = training.flow_matching_loss(self.dit, target.to(self.device), condition.to(self.device),
+                                                   context, rope.to(self.device), t.to(self.device),
+                                                   noise.to(self.device))
+            return loss, {}
+
+        self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)
+
+    # ---- the result ---------------------------------------------------------------------------------------------
+
+    def export(self) -> None:
+        """Write the weights and ``preset.yaml`` that load the trained model (``--preset out/preset.yaml``)."""
+        if not distributed.is_main():
+            return
+        from tempo_cli.models.text_encoder import native_key
+        from tempo_cli.presets import resolved_dict
+
+        self._set_vae_stats()
+        atomic_save(self.dit.state_dict(), self.out / WEIGHT_FILES["dit"])
+        atomic_save(self.vae.state_dict(), self.out / WEIGHT_FILES["vae"])
+        text = {native_key(k): v for k, v in self.text_encoder.model.state_dict().items() if native_key(k)}
+        atomic_save(text, self.out / WEIGHT_FILES["text_encoder"])
+        self.tokenizer.save_pretrained(str(self.out / "tokenizer"))
+        data = resolved_dict(self.preset)
+        data.pop("name")
+        data["weights"] = {**{k: v for k, v in WEIGHT_FILES.items()}, "tokenizer": "tokenizer"}
+        data["description"] = (f"{self.preset.description} Trained by tempo train "
+                               f"(phases: {', '.join(self.state.done) or 'none'}).")
+        import yaml
+
+        (self.out / "preset.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

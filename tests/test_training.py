@@ -1,0 +1,163 @@
+"""Training: the clip layouts of both stages, the loss, and `tempo train` end to end on a tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from tempo_cli.cli import main
+from tempo_cli.config import TrainConfig
+from tempo_cli.models.dit import MultiMaskDiT
+from tempo_cli.presets import load_preset
+from tempo_cli import training
+
+CFG = TrainConfig(stage1_steps=2, stage1_lr=1e-3, stage2_steps=2, stage2_lr=1e-3, batch_size=2, clip_frames=9)
+
+TINY_TRAIN = """
+extends: tiny-random
+description: tiny-random with a train section, for tests
+train:
+  vae_steps: 2
+  stage1_steps: 3
+  stage1_lr: 1.0e-3
+  stage2_steps: 3
+  stage2_lr: 1.0e-3
+  batch_size: 2
+  clip_frames: 9
+  warmup_steps: 1
+  ema_decay: 0.9
+  text_encoder_lr: 1.0e-4
+  checkpoint_every: 2
+"""
+
+
+def test_stage1_layouts_condition_few_frames_at_one_rate():
+    rng = np.random.default_rng(0)
+    layouts = [training.stage1_layout(rng, CFG, 1) for _ in range(300)]
+    assert {l.interval for l in layouts} == {1}
+    assert all(l.frames in training.clip_lengths(CFG) and l.frames % 4 == 1 for l in layouts)
+    assert all(len(l.anchors) <= max(1, int(0.15 * l.frames)) or l.anchors in ((0, l.frames - 1),) for l in layouts)
+    kinds = {l.anchors for l in layouts if l.anchors in ((), (0,))}
+    assert kinds == {(), (0,)}  # nothing conditioned and I2V both occur
+    assert any(l.anchors == (0, l.frames - 1) for l in layouts)  # first and last
+
+
+def test_stage2_layouts_condition_on_every_coarser_frame():
+    rng = np.random.default_rng(1)
+    layouts = [training.stage2_layout(rng, CFG, (4, 2, 1)) for _ in range(200)]
+    assert {l.interval for l in layouts} == {4, 2, 1}
+    for layout in layouts:
+        if layout.interval == 4:
+            assert layout.anchors == ()  # the blueprint level sees no frames
+        else:
+            assert layout.anchors == tuple(range(0, layout.frames, 2))  # every frame of the level above
+
+
+def test_rope_positions_are_randomised_starts_plus_interval_steps():
+    rng = torch.Generator().manual_seed(0)
+    rope = training.rope_positions(rng, torch.tensor([4, 1, 2]), 5, t_max=64)
+    steps = rope[:, 1:] - rope[:, :-1]
+    assert steps.tolist() == [[4] * 4, [1] * 4, [2] * 4]
+    starts = torch.cat([training.rope_positions(rng, torch.tensor([1] * 64), 2, 64)[:, 0] for _ in range(4)])
+    assert 0 <= starts.min() and starts.max() <= 64 and len(set(starts.tolist())) > 20
+
+
+def test_flow_matching_loss_is_zero_for_the_exact_velocity():
+    class Oracle(torch.nn.Module):
+        def forward(self, z_t, t, context, y, rope):
+            return self.v
+
+    target, noise = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 16, 2, 4, 4)
+    oracle = Oracle()
+    oracle.v = noise - target
+    loss = training.flow_matching_loss(oracle, target, None, None, None, torch.tensor([0.3, 0.8]), noise)
+    assert loss.item() == 0
+    oracle.v = torch.zeros_like(target)
+    assert loss.item() < training.flow_matching_loss(oracle, target, None, None, None, torch.tensor([0.5]), noise)
+
+
+def test_timesteps_follow_the_shift():
+    rng = torch.Generator().manual_seed(0)
+    plain, shifted = training.sample_timesteps(rng, 4000, 1.0), training.sample_timesteps(rng, 4000, 3.0)
+    assert 0 < plain.min() and plain.max() < 1
+    assert abs(plain.mean() - 0.5) < 0.03 and shifted.mean() > plain.mean() + 0.1
+
+
+def test_learning_rate_warms_up_then_decays():
+    lrs = [training.learning_rate(s, 1.0, 10, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[99] < lrs[50] < lrs[10] and lrs[99] >= 0.1
+
+
+
+def test_vae_training_paths_match_the_goldens(reference):
+    """posterior() and reconstruct() (with gradients) compute what encode() and decode() do."""
+    from safetensors.torch import load_file
+
+    from tempo_cli.config import VAEConfig
+    from tempo_cli.models.vae import CausalVideoVAE
+
+    path = reference / "vae_tiny.safetensors"
+    with safe_open(str(path), "pt") as f:
+        official = json.loads(f.metadata()["config"])
+    t = load_file(str(path))
+    mean, std = t["latent_mean"].view(1, -1, 1, 1, 1), t["latent_std"].view(1, -1, 1, 1, 1)
+    config = VAEConfig(official["dim"], official["z_dim"], official["dim_mult"], official["num_res_blocks"],
+                       official["temperal_downsample"], t["latent_mean"].tolist(), t["latent_std"].tolist())
+    vae = CausalVideoVAE(config)
+    vae.load_state_dict({k.removeprefix("weights."): v for k, v in t.items() if k.startswith("weights.")})
+    mu, logvar = vae.posterior(t["video"])
+    assert mu.requires_grad and logvar.shape == mu.shape
+    torch.testing.assert_close((mu - mean) / std, t["latents"], atol=5e-5, rtol=1e-5)
+    recon = vae.reconstruct(t["latents"] * std + mean)
+    torch.testing.assert_close(recon, t["decoded"], atol=5e-5, rtol=1e-5)  # the golden is unclamped
+
+
+def test_dit_learns_a_batch(tmp_path):
+    """A few optimiser steps on one batch lower the loss: gradients flow through DiT and conditions."""
+    preset = load_preset("tiny-random")
+    torch.manual_seed(0)
+    dit = MultiMaskDiT(preset.dit)
+    target, cond = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 20, 3, 4, 4)
+    context = torch.randn(2, 5, preset.dit.text_dim)
+    rope = torch.tensor([[0, 4, 8], [3, 5, 7]])
+    t, noise = torch.tensor([0.4, 0.7]), torch.randn(2, 16, 3, 4, 4)
+    optimizer = torch.optim.AdamW(dit.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = training.flow_matching_loss(dit, target, cond, context, rope, t, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_tempo_train_runs_resumes_and_exports(tmp_path, monkeypatch, capsys):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "tiny-train.yaml").write_text(TINY_TRAIN)
+    monkeypatch.setenv("TEMPO_PRESETS", str(presets))
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny-train", "--data", "toyworld:3", "--out", str(out), "--cache", "8", "-q"]
+    assert main(args + ["--phase", "vae"]) == 0
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        state = json.loads(f.metadata()["state"])
+    assert state["done"] == ["vae"] and len(state["latents_mean"]) == 16
+    assert main(args) == 0  # resumes: trains stage1 and stage2 only
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "preset.yaml")
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["state"])["done"] == ["vae", "stage1", "stage2"]
+    trained = load_preset(str(out / "preset.yaml"))
+    assert not trained.weights.is_random and trained.vae.latents_mean == tuple(state["latents_mean"])
+    # the trained model generates through the normal stages, loading its files like official weights
+    video = tmp_path / "clip.mp4"
+    assert main(["generate", "a red ball moving left on a black background", "--preset", str(out / "preset.yaml"),
+                 "--weights", str(out), "--frames", "5", "-o", str(video), "-q"]) == 0
+    from tempo_cli.video import count_frames
+
+    assert count_frames(video) == 17
