@@ -144,7 +144,7 @@ class TextEncoder(nn.Module):
 
         model.load_state_dict(renamed, strict=False, assign=True)
         model.encoder.embed_tokens = model.shared  # re-tie: assign replaced ``shared``'s parameter
-        return cls(model.eval(), config)
+        return cls(model.eval().requires_grad_(False), config)  # frozen for inference; training unfreezes
 
     @classmethod
     def from_pretrained_folder(cls, folder: str | Path, dtype: torch.dtype | None = None,
