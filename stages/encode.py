@@ -41,6 +41,20 @@ def write_outputs(frames, fps: float, output: str | None, sheet: Path | None, qu
     return written
 
 
+def check_outputs(output: str | None, sheet: Path | None, force: bool) -> None:
+    """Refuse an existing output (without ``force``) or an unwritable suffix before anything is decoded."""
+    from tempo_cli.video import WRITE_SUFFIXES
+
+    for path in (output, sheet):
+        if path is not None and str(path) != "-" and Path(path).exists() and not force:
+            raise UsageError(f"{path} exists", hint="pass --force to overwrite it")
+    if output is not None and Path(output).suffix.lower() not in WRITE_SUFFIXES:
+        raise UsageError(f"cannot write video {output}: unknown suffix {Path(output).suffix!r}",
+                         hint=f"use one of {', '.join(WRITE_SUFFIXES)}")
+    if sheet is not None and Path(sheet).suffix.lower() != ".png":
+        raise UsageError(f"cannot write contact sheet {sheet}: it must be a .png file")
+
+
 def command(
     source: Annotated[str, typer.Argument(help="Latent file of any level, or '-' for stdin.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Video to write: .mp4 (H.264) or "
@@ -69,9 +83,7 @@ def command(
         if source == "-":
             raise UsageError("reading stdin: name the video with -o")
         output = str(Path(source).with_suffix(".mp4"))
-    for path in (output, sheet):
-        if path is not None and str(path) != "-" and Path(path).exists() and not force:
-            raise UsageError(f"{path} exists", hint="pass --force to overwrite it")
+    check_outputs(output, sheet, force)
     latent_file = load(source)
     session = opt.open_session(preset, set_, weights, device, dtype, quiet, fallback_preset=latent_file.header.preset)
     check_compatible(latent_file.header, session.preset.name, session.store.weights_id, allow_mismatch=allow_mismatch,

@@ -46,9 +46,10 @@ def command(
             raise UsageError(f"{path} exists", hint="pass --force to overwrite it")
     if latents is not None:
         check_writable(latents, force=force)
+    encode.check_outputs(str(output), None, force)  # a bad suffix fails now, not after the whole generation
     session = opt.open_session(preset, set_, weights, device, dtype, quiet)
     video = session.preset.video
-    chain = via.split(",") if via else []
+    chain = refine.parse_ints(via, "--via") or []
     start_fps = float(chain[0]) if chain else video.fps / video.frame_intervals[0]
     final_fps = float(chain[-1]) if chain else video.fps / video.frame_intervals[-1]
     result = blueprint.run(session, prompt, fps=start_fps, frames=frames, seconds=seconds, image=image,

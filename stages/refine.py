@@ -108,7 +108,7 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
         micro_batch: int | None = None) -> "LatentFile":
     """Refine a latent file to ``to_fps``; returns the finest level's latent file (not yet written)."""
     from tempo_cli.latents import LatentFile, utc_now
-    from tempo_cli.pipeline import chunk_records, decode_file, level_from_header
+    from tempo_cli.pipeline import LevelSampling, chunk_records, decode_file, level_from_header
 
     header = parent.header
     chain = level_chain(session.preset, header.frame_interval, to_fps, via)
@@ -119,9 +119,10 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
                                               parent.prompt_embeds, parent.negative_embeds, run_seed, steps=steps,
                                               micro_batch=micro_batch)
     history = list(header.levels) + [level_record(header)]
-    for level in levels[1:-1]:
+    for level in levels[1:-1]:  # each intermediate level with its own steps, not the final level's
+        level_steps = LevelSampling.for_level(session.preset, level.interval, steps).steps
         history.append({"fps": session.preset.video.fps / level.interval, "frame_interval": level.interval,
-                        "frames": level.frames, "layout": layout, "chunks": len(level.chunks), "steps": settings.steps})
+                        "frames": level.frames, "layout": layout, "chunks": len(level.chunks), "steps": level_steps})
     final = levels[-1]
     child = dataclasses.replace(
         header, stage="refine", seed=run_seed, steps=settings.steps, shift=settings.shift,

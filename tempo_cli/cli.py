@@ -35,14 +35,18 @@ def version() -> None:
 
 
 def build_app() -> typer.Typer:
-    """Register the stage plugins, then the informational commands, on ``app``."""
+    """Register the stage plugins, then the informational commands, on ``app``; commands already registered
+    (by an earlier ``main()`` in the same process) are not registered again."""
     from tempo_cli import commands
     from tempo_cli.plugins import load_stages
 
+    registered = {info.name for info in app.registered_commands}
     for loaded in load_stages():
-        app.command(name=loaded.stage.name, help=loaded.stage.command.__doc__)(loaded.stage.command)
+        if loaded.stage.name not in registered:
+            app.command(name=loaded.stage.name, help=loaded.stage.command.__doc__)(loaded.stage.command)
     for command in (commands.plan, commands.inspect, commands.stages, commands.presets):
-        app.command(name=command.__name__)(command)
+        if command.__name__ not in registered:
+            app.command(name=command.__name__)(command)
     return app
 
 

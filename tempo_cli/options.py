@@ -33,6 +33,8 @@ MicroBatchOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Chu
                                                       "all chunks of a level).")]
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Output file; '-' writes to stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+OffloadOpt = Annotated[bool, typer.Option("--offload", help="Keep the DiT's blocks in CPU memory, each moving "
+                                          "to the GPU for its own forward (for GPUs smaller than the model).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 AllowMismatchOpt = Annotated[bool, typer.Option("--allow-mismatch", help="Accept an input made with another "
                                                 "preset or other weights.")]
@@ -50,7 +52,7 @@ class Session:
 
 
 def open_session(preset: str | None, overrides: list[str] | None, weights: Path | None, device: str | None,
-                 dtype: str | None, quiet: bool, fallback_preset: str | None = None) -> Session:
+                 dtype: str | None, quiet: bool, fallback_preset: str | None = None, offload: bool = False) -> Session:
     """Resolve the preset (saying so on stderr when it is not a real model) and where models will run."""
     from tempo_cli import distributed
     from tempo_cli.console import RichProgress, note
@@ -63,7 +65,7 @@ def open_session(preset: str | None, overrides: list[str] | None, weights: Path 
     if main and (message := preset_notice(chosen)):
         note(message)
     run_device = distributed.local_device() or resolve_device(device)
-    store = ModelStore(chosen, run_device, resolve_dtype(dtype, run_device), weights)
+    store = ModelStore(chosen, run_device, resolve_dtype(dtype, run_device), weights, offload=offload)
     return Session(chosen, store, RichProgress(quiet or not main))
 
 
