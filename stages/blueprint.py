@@ -125,17 +125,18 @@ def command(
     device: opt.DeviceOpt = None,
     dtype: opt.DtypeOpt = None,
     micro_batch: opt.MicroBatchOpt = None,
+    offload: opt.OffloadOpt = False,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Generate the low-frame-rate blueprint of the whole clip; prints the latent file's path."""
-    from tempo_cli.latents import check_writable, save
+    from tempo_cli.latents import check_writable
 
     target = output or default_output(prompt, fps)
     check_writable(target, force=force)
-    session = opt.open_session(preset, set_, weights, device, dtype, quiet)
+    session = opt.open_session(preset, set_, weights, device, dtype, quiet, offload=offload)
     latent_file = run(session, prompt, fps=fps, frames=frames, seconds=seconds, image=image, last_image=last_image,
                       keyframes=keyframe or (), seed=seed, steps=steps, micro_batch=micro_batch)
-    opt.emit_path(save(latent_file, target, force=force))
+    opt.write_latents(latent_file, target, force)
 
 
 def default_output(prompt: str, fps: float) -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from stages.refine import VIDEO_SUFFIXES, chunk_counts, refine_levels, video_as_parent
+from stages.refine import chunk_counts, open_parent, refine_levels
 from tempo_cli import options as opt
 from tempo_cli.errors import UsageError
 from tempo_cli.plugins import Stage
@@ -125,25 +125,19 @@ def command(
     device: opt.DeviceOpt = None,
     dtype: opt.DtypeOpt = None,
     micro_batch: opt.MicroBatchOpt = None,
+    offload: opt.OffloadOpt = False,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Extend a video by multi-mask continuation; prints the joined latent file's path."""
-    from tempo_cli.latents import check_compatible, check_writable, load, save
+    from tempo_cli.latents import check_writable
 
-    is_video = source != "-" and Path(source).suffix.lower() in VIDEO_SUFFIXES
     target = output or default_output(source)
     check_writable(target, force=force)
-    parent = None if is_video else load(source)
-    session = opt.open_session(preset, set_, weights, device, dtype, quiet,
-                               fallback_preset=None if parent is None else parent.header.preset)
-    if parent is None:
-        parent = video_as_parent(session, Path(source), prompt, seed or 0)
-    else:
-        check_compatible(parent.header, session.preset.name, session.store.weights_id, allow_mismatch=allow_mismatch,
-                         name=source)
-    child = run(session, parent, seconds=seconds, context=parse_seconds(context, "--context"), prompt=prompt, seed=seed, layout=layout,
-                chunks=chunks, steps=steps, micro_batch=micro_batch)
-    opt.emit_path(save(child, target, force=force))
+    session, parent = open_parent(source, prompt, seed, allow_mismatch, opt.SessionArgs(
+        preset, set_, weights, device, dtype, quiet, offload))
+    child = run(session, parent, seconds=seconds, context=parse_seconds(context, "--context"), prompt=prompt,
+                seed=seed, layout=layout, chunks=chunks, steps=steps, micro_batch=micro_batch)
+    opt.write_latents(child, target, force)
 
 
 def parse_seconds(text: str, option: str) -> float:

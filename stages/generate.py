@@ -36,10 +36,12 @@ def command(
     device: opt.DeviceOpt = None,
     dtype: opt.DtypeOpt = None,
     micro_batch: opt.MicroBatchOpt = None,
+    offload: opt.OffloadOpt = False,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Generate a video from a prompt, coarse to fine in time, and write it; prints the written paths."""
-    from tempo_cli.latents import check_writable, save
+    from tempo_cli import distributed
+    from tempo_cli.latents import check_writable
 
     for path in (output, latents):
         if path is not None and path.exists() and not force:
@@ -47,7 +49,7 @@ def command(
     if latents is not None:
         check_writable(latents, force=force)
     encode.check_outputs(str(output), None, force)  # a bad suffix fails now, not after the whole generation
-    session = opt.open_session(preset, set_, weights, device, dtype, quiet)
+    session = opt.open_session(preset, set_, weights, device, dtype, quiet, offload=offload)
     video = session.preset.video
     chain = refine.parse_ints(via, "--via") or []
     start_fps = float(chain[0]) if chain else video.fps / video.frame_intervals[0]
@@ -61,7 +63,9 @@ def command(
                             micro_batch=micro_batch)
     session.store.release("dit")
     if latents is not None:
-        opt.emit_path(save(result, latents, force=force))
+        opt.write_latents(result, str(latents), force)
+    if not distributed.is_main():  # under torchrun, rank 0 decodes and writes
+        return
     frames_out = encode.run(session, result)
     for path in encode.write_outputs(frames_out, result.header.fps, str(output), None, quality, force):
         opt.emit_path(path)

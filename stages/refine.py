@@ -191,27 +191,36 @@ def command(
     device: opt.DeviceOpt = None,
     dtype: opt.DtypeOpt = None,
     micro_batch: opt.MicroBatchOpt = None,
+    offload: opt.OffloadOpt = False,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Refine to a higher frame rate; prints the new latent file's path."""
-    from tempo_cli.latents import check_compatible, check_writable, load, save
+    from tempo_cli.latents import check_writable
 
     if layout not in ("seamless", "reference"):
         raise UsageError(f"--layout {layout!r}: choose seamless or reference")
-    is_video = source != "-" and Path(source).suffix.lower() in VIDEO_SUFFIXES
     target = output or default_output(source, to)
     check_writable(target, force=force)
-    parent = None if is_video else load(source)
-    session = opt.open_session(preset, set_, weights, device, dtype, quiet,
-                               fallback_preset=None if parent is None else parent.header.preset)
-    if parent is None:
-        parent = video_as_parent(session, Path(source), prompt, seed or 0)
-    else:
-        check_compatible(parent.header, session.preset.name, session.store.weights_id, allow_mismatch=allow_mismatch,
-                         name=source)
+    session, parent = open_parent(source, prompt, seed, allow_mismatch, opt.SessionArgs(
+        preset, set_, weights, device, dtype, quiet, offload))
     child = run(session, parent, to_fps=to, via=via, chunks=chunks, layout=layout, seed=seed, steps=steps,
                 micro_batch=micro_batch)
-    opt.emit_path(save(child, target, force=force))
+    opt.write_latents(child, target, force)
+
+
+def open_parent(source: str, prompt: str | None, seed: int | None, allow_mismatch: bool, args: "opt.SessionArgs"):
+    """The session and the input of refine/continue: a latent file (checked against the preset and weights;
+    its preset is the default) or a video file (encoded as the coarse level, with ``prompt``)."""
+    from tempo_cli.latents import check_compatible, load
+
+    is_video = source != "-" and Path(source).suffix.lower() in VIDEO_SUFFIXES
+    parent = None if is_video else load(source)
+    session = args.open(fallback_preset=None if parent is None else parent.header.preset)
+    if parent is None:
+        return session, video_as_parent(session, Path(source), prompt, seed or 0)
+    check_compatible(parent.header, session.preset.name, session.store.weights_id, allow_mismatch=allow_mismatch,
+                     name=source)
+    return session, parent
 
 
 def default_output(source: str, fps: float) -> str:

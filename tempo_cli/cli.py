@@ -53,6 +53,14 @@ def build_app() -> typer.Typer:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; TempoErrors become one line on stderr (``TEMPO_DEBUG=1`` shows the traceback)."""
     try:
+        return _run(argv)
+    finally:
+        if "tempo_cli.distributed" in sys.modules:  # only loaded (with torch) by commands that run models
+            sys.modules["tempo_cli.distributed"].shutdown()
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
         build_app()(args=argv, prog_name="tempo", standalone_mode=False)
     except TempoError as exc:
         if os.environ.get("TEMPO_DEBUG"):

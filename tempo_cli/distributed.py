@@ -57,3 +57,9 @@ def gather(local: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     parts: list[dict[int, torch.Tensor] | None] = [None] * world_size()
     dist.all_gather_object(parts, {k: v.cpu() for k, v in local.items()})
     return {k: v for part in parts if part for k, v in part.items()}
+
+
+def shutdown() -> None:
+    """Leave the process group (a gloo group left open can abort the process at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

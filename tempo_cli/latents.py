@@ -157,6 +157,9 @@ def save(lf: LatentFile, path: str | Path, *, force: bool = False, stream: Binar
         return "-"
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a latent file is an ordinary file
     try:
         with os.fdopen(fd, "wb") as f:
             if path.suffix in PICKLE_SUFFIXES:

@@ -69,6 +69,23 @@ def open_session(preset: str | None, overrides: list[str] | None, weights: Path 
     return Session(chosen, store, RichProgress(quiet or not main))
 
 
+@dataclass(frozen=True)
+class SessionArgs:
+    """The session options of a command, to open the session once its input has been read."""
+
+    preset: str | None
+    overrides: list[str] | None
+    weights: Path | None
+    device: str | None
+    dtype: str | None
+    quiet: bool
+    offload: bool = False
+
+    def open(self, fallback_preset: str | None = None) -> Session:
+        return open_session(self.preset, self.overrides, self.weights, self.device, self.dtype, self.quiet,
+                            fallback_preset=fallback_preset, offload=self.offload)
+
+
 def write_latents(latent_file, target: str, force: bool) -> None:
     """Save a stage's result (on rank 0 only, under torchrun) and print its path."""
     from tempo_cli import distributed
