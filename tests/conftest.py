@@ -31,3 +31,15 @@ def reference() -> Path:
     if not (REFERENCE / "README.md").is_file():
         pytest.fail(f"reference fixtures not found at {REFERENCE} (set TEMPO_REFERENCE)")
     return REFERENCE
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Toy models gain nothing from threads, and on a busy machine OpenMP threads waiting for each other make
+    every run many times slower: one thread for the module, then the previous count again."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

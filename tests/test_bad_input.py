@@ -4,21 +4,23 @@ any heavy work. ``TEMPO_DEBUG=1`` shows the traceback instead, and ``--help`` ne
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from cli_runner import Run, tempo
 from tempo_cli.cli import main
 from tempo_cli.errors import CheckpointError, ConfigError, TempoError
 from tempo_cli.latents import load, save
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 TINY = ("--preset", "tiny-random", "--device", "cpu", "--dtype", "fp32")
 FAST = ("--set", "sampler.steps=[1,1,1]")
@@ -30,41 +32,12 @@ weights:
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy models gain nothing from threads; on a busy machine, OpenMP threads waiting for each other make
-    every run many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ---- running tempo and judging the failure --------------------------------------------------------------------
 
-@dataclass
-class Run:
-    code: int
-    out: bytes
-    err: str
 
 
-def tempo(*args, stdin: bytes = b"") -> Run:
-    """``tempo ARGS`` in this process, as a shell runs it: ``stdin`` on stdin, stdout and stderr captured."""
-    out, err = io.BytesIO(), io.BytesIO()
-    streams = (io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"),
-               io.TextIOWrapper(out, encoding="utf-8", write_through=True),
-               io.TextIOWrapper(err, encoding="utf-8", write_through=True))
-    saved = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = streams
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = saved
-        for stream in streams:
-            stream.flush()
-            stream.detach()
-    return Run(code, out.getvalue(), err.getvalue().decode())
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -476,3 +449,4 @@ def test_console_script_help():
     assert proc.returncode == 0, proc.stderr
     for stage in ("blueprint", "refine", "continue", "encode", "generate"):
         assert stage in proc.stdout
+

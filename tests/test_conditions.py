@@ -22,18 +22,12 @@ from tempo_cli.errors import UsageError
 from tempo_cli.latents import load
 from tempo_cli.plan import Level, make_plan, next_level
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 H = W = 64  # tiny-random's frame size
 RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy models gain nothing from threads; on a busy machine, OpenMP threads waiting for each other make
-    every run many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +285,4 @@ def test_refine_stage_conditions_on_the_decoded_coarser_level(tmp_path, monkeypa
         assert call.anchors == {}  # nothing but the layout
         for y, chunk in zip(call.y, call.level.chunks):
             assert torch.equal(mask_channels(y), pack_mask(torch.tensor(chunk.mask, dtype=torch.float32)))
+

@@ -15,7 +15,7 @@ from tempo_cli.config import TEMPOMASTER_14B_DIT, DiTConfig
 from tempo_cli.errors import ConfigError
 from tempo_cli.plan import (
     LAYOUTS, Plan, condition_layout, default_chunks, estimate_cost, forward_flops, intervals_from_fps, join,
-    join_spans, latent_frames, make_plan, max_seamless_chunks, plan_to_dict, reference_condition_layout,
+    latent_frames, make_plan, max_seamless_chunks, plan_to_dict, reference_condition_layout,
 )
 
 INTERVALS = [(4, 2, 1), (4, 1), (4, 2), (2, 1), (8, 4, 2, 1), (8, 2, 1), (8, 1), (6, 3, 1), (6, 2), (12, 4, 2, 1)]

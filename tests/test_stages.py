@@ -17,7 +17,7 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,9 +25,12 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_runner import Run, tempo
 from tempo_cli.cli import main
 from tempo_cli.latents import LatentFile, load
 from tempo_cli.video import count_frames, read_video
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 PROMPT = "a dog in snow"
 N = 9  # blueprint frames at 6 fps (4k+1); the reference fixtures include a layout refined from exactly 9
@@ -35,45 +38,12 @@ CPU = ("--device", "cpu", "--dtype", "fp32")  # the same everywhere, so that sep
 NOTICE = "uses random weights"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy models gain nothing from threads, and on a busy machine OpenMP threads waiting for each other make
-    every run many times slower: one thread for this module, then the previous count again."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ---- running tempo -----------------------------------------------------------------------------------------
 
-@dataclass
-class Run:
-    code: int
-    out: bytes  # stdout, as bytes: paths, or a latent file written to '-'
-    err: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.out.decode().splitlines()
 
 
-def tempo(*args, stdin: bytes = b"") -> Run:
-    """``tempo ARGS`` in this process, as a shell runs it: ``stdin`` on stdin, stdout and stderr captured."""
-    out, err = io.BytesIO(), io.BytesIO()
-    streams = (io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"),
-               io.TextIOWrapper(out, encoding="utf-8", write_through=True),
-               io.TextIOWrapper(err, encoding="utf-8", write_through=True))
-    saved = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin, sys.stdout, sys.stderr = streams
-    try:
-        code = main([str(a) for a in args])
-    finally:
-        sys.stdin, sys.stdout, sys.stderr = saved
-        for stream in streams:
-            stream.flush()
-            stream.detach()
-    return Run(code, out.getvalue(), err.getvalue().decode())
 
 
 def ok(run: Run) -> Run:
@@ -438,3 +408,4 @@ def test_generate_is_blueprint_refine_encode_in_one_process(chain, tmp_path):
     result = load(latents)
     assert (result.header.fps, result.header.frames, len(result.header.chunks)) == (24.0, 4 * N - 3, 4)
     assert same_latents(result, load(chain.r24))  # exactly what the stages give one by one
+
