@@ -241,6 +241,9 @@ def preset_notice(preset: Preset) -> str | None:
     """What to tell the user on stderr whenever this preset is used, or None (random weights make noise)."""
     if not preset.weights.is_random:
         return None
+    if preset.train is not None:
+        return (f"preset {preset.name!r} has untrained random weights (seed {preset.weights.random_seed}): it is "
+                f"the starting point of `tempo train`, and its videos are noise until trained")
     return (f"preset {preset.name!r} uses random weights (seed {preset.weights.random_seed}) and tokenizer "
             f"{preset.weights.tokenizer or 'none'}: its videos are noise; it exists for tests")
 
