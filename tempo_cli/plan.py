@@ -351,12 +351,12 @@ class LevelCost:
     ``flops``: 2 x multiply-adds of the linear layers (``2 * params_per_token * tokens``; cross-attention
     keys/values once per text token) plus the attention matmuls per layer (self ``4 * tokens**2 * dim``,
     cross ``4 * tokens * text_len * dim``); norms, softmax, RoPE, modulation, text encoder and VAE excluded.
-    ``activation_bytes``: all chunks in one batch (as the release runs a level), padded to the longest,
-    ``batch * tokens * (dim + max(2 * ffn_dim, 4 * dim)) * dtype_bytes``: the residual stream plus the
-    largest live block intermediate (FFN hidden and its activation, or q, k, v and attention output) with
-    memory-efficient attention. A lower bound: no weights, caches or allocator overhead. Being linear in
+    ``activation_bytes``: all chunks and guidance passes in one batch (as the engine runs a level), padded to
+    the longest, ``batch * tokens * (2 * dim * 4 + max(2 * ffn_dim, 4 * dim) * dtype_bytes)``: the float32
+    residual stream and its modulated copy, plus the largest live block intermediate (FFN hidden and its
+    activation, or q, k, v and attention output) with memory-efficient attention. A lower bound: no weights, caches or allocator overhead. Being linear in
     tokens, a batched level costs about what one shot does; ``chunk_activation_bytes`` is the longest chunk
-    alone (chunks run one by one). ``attention_scores_bytes``: ``batch * heads * tokens**2 * dtype_bytes``,
+    alone with its guidance passes (chunks run one by one). ``attention_scores_bytes``: ``batch * heads * tokens**2 * dtype_bytes``,
     one layer's scores if attention were materialised: the quadratic term that chunking shrinks.
     """
 
@@ -402,10 +402,12 @@ def _level_cost(dit: DiTConfig, interval: int, frames: Sequence[int], per_latent
                 text_len: int, dtype_bytes: int) -> LevelCost:
     tokens = [latent_frames(f) // dit.patch_size[0] * per_latent for f in frames]
     flops = sum(forward_flops(dit, t, text_len) for t in tokens) * steps * passes
-    batch, peak = len(tokens), max(tokens)
-    per_token = (dit.dim + max(2 * dit.ffn_dim, 4 * dit.dim)) * dtype_bytes
+    chunks, peak = len(tokens), max(tokens)
+    batch = chunks * passes  # the guidance passes run as one batch
+    per_token = 2 * dit.dim * 4 + max(2 * dit.ffn_dim, 4 * dit.dim) * dtype_bytes
     scores = batch * dit.num_heads * peak * peak * dtype_bytes
-    return LevelCost(interval, batch, steps, passes, peak, flops, batch * peak * per_token, peak * per_token, scores)
+    return LevelCost(interval, chunks, steps, passes, peak, flops, batch * peak * per_token,
+                     passes * peak * per_token, scores)
 
 
 def estimate_cost(plan: Plan, dit: DiTConfig, steps: int | Sequence[int], guidance: bool = True, text_len: int = 512,

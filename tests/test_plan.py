@@ -290,9 +290,10 @@ def test_cost_counts_chunks_steps_and_guidance():
     assert [c.max_tokens for c in cost.levels] == [8 * 24] * 3
     assert cost.levels[2].flops == 4 * 5 * 2 * forward_flops(dit, 8 * 24, 8)
     assert cost.one_shot.max_tokens == latent_frames(113) * 24 and cost.one_shot.steps == 10
-    assert cost.levels[2].activation_bytes == 4 * 8 * 24 * (12 + 4 * 12) * 2  # q, k, v, out > 2 * ffn
+    # 4 chunks x 2 guidance passes; fp32 residual and modulated copy, then q, k, v, out (> 2 * ffn) in bf16
+    assert cost.levels[2].activation_bytes == 4 * 2 * 8 * 24 * (2 * 12 * 4 + 4 * 12 * 2)
     assert cost.levels[2].chunk_activation_bytes == cost.levels[2].activation_bytes // 4
-    assert cost.levels[2].attention_scores_bytes == 4 * 2 * (8 * 24) ** 2 * 2
+    assert cost.levels[2].attention_scores_bytes == 4 * 2 * 2 * (8 * 24) ** 2 * 2
 
 
 @pytest.mark.parametrize("intervals, chunks", [((4, 2, 1), (1, 2, 4)), ((4, 2, 1), (1, 4, 8)), ((4, 1), (1, 4)),
