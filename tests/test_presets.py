@@ -342,3 +342,10 @@ def test_wheel_ships_the_presets_and_finds_them_installed(tmp_path: Path) -> Non
     assert Path(location).is_relative_to(site)
     assert {p.stem for p in (ROOT / "presets").glob("*.yaml")} <= set(names_found)
     assert loaded == "tempomaster-14b"
+
+
+def test_toy_init_is_announced_as_untrained_not_as_a_test_preset():
+    preset = load_preset("toy-init")
+    assert preset.train is not None and preset.weights.is_random
+    notice = preset_notice(preset)
+    assert "untrained" in notice and "tempo train" in notice and "tests" not in notice
