@@ -96,9 +96,9 @@ def stages() -> None:
 
 def presets() -> None:
     """List the presets and where they were found."""
-    from tempo_cli.presets import _locate, list_presets, load_preset
+    from tempo_cli.presets import list_presets, load_preset, preset_path
 
     table = Table("preset", "description", "file")
     for name in list_presets():
-        table.add_row(name, load_preset(name).description, str(_locate(name)))
+        table.add_row(name, load_preset(name).description, str(preset_path(name)))
     stdout.print(table)

@@ -210,6 +210,11 @@ def _build(name: str, data: Mapping[str, Any], source: str) -> Preset:
         return Preset(name=name, description=str(data.get("description", "")), **configs)
 
 
+def preset_path(name_or_path: str) -> Path:
+    """The YAML file a preset name (or path) resolves to."""
+    return _locate(str(name_or_path))
+
+
 def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> Preset:
     """The preset of a name (see :func:`list_presets`) or a YAML file, with ``--set`` overrides applied."""
     path = _locate(str(name_or_path))
