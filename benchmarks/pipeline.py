@@ -237,7 +237,8 @@ def measure(lengths: list[float], preset, args) -> list[Row]:
     for seconds in lengths:
         the_plans = plans(seconds, args.size)
         cost = estimate_cost(the_plans["nfr"], preset.dit, args.steps, guidance=preset.sampler.guidance != "none",
-                             text_len=preset.text_encoder.text_len, dtype_bytes=dtype_bytes)
+                             text_len=preset.text_encoder.text_len, dtype_bytes=dtype_bytes,
+                             spatial_factor=preset.vae.spatial_factor)
         frames = the_plans["nfr"].final.frames
         duration = (frames - 1) / preset.video.fps  # the request rounded up to a 4k+1 blueprint
         print(f"\n{duration:.3g} s: blueprint {the_plans['nfr'].frames} frames at 6 fps -> {frames} frames at 24 fps")

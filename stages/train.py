@@ -21,7 +21,12 @@ def command(
                                       "captions (.txt beside each, or captions.jsonl).")] = "toyworld",
     phase: Annotated[Optional[list[str]], typer.Option("--phase", help="Train only these phases (vae, stage1, "
                                                        "stage2); default all, in order. Repeatable.")] = None,
-    cache: Annotated[int, typer.Option("--cache", help="Clips encoded per phase for the DiT steps.")] = 512,
+    cache: Annotated[int, typer.Option("--cache", help="Clips encoded per DiT phase (kept in DIR/cache and "
+                                       "reused by later runs with the same VAE and settings).")] = 512,
+    prepare: Annotated[bool, typer.Option("--prepare", help="Only encode the DiT phases' clips into DIR/cache "
+                                          "(the VAE must be trained or frozen); train nothing.")] = False,
+    export_dtype: Annotated[str, typer.Option("--export-dtype", help="dtype of the exported weights: fp32, or "
+                                              "bf16 for half the size (the checkpoint keeps float32).")] = "fp32",
     seed: opt.SeedOpt = 0,
     preset: Annotated[str, typer.Option("--preset", "-p", help="Preset with a train section.")] = "toy-init",
     set_: opt.SetOpt = None,
@@ -29,18 +34,25 @@ def command(
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Train a preset's networks (VAE, stage 1, stage 2); prints the trained preset file's path."""
+    import torch
+
     from tempo_cli import distributed
     from tempo_cli.datasets import open_source
+    from tempo_cli.runtime import DTYPES
     from tempo_cli.trainer import Trainer
 
     for name in phase or []:
         if name not in PHASES:
             raise UsageError(f"--phase {name!r}: choose from {', '.join(PHASES)}")
+    if cache < 1:
+        raise UsageError(f"--cache must be at least 1, got {cache}")
+    if DTYPES.get(export_dtype) not in (torch.float32, torch.bfloat16):
+        raise UsageError(f"--export-dtype {export_dtype!r}: choose fp32 or bf16")
     session = opt.open_session(preset, set_, None, device, "fp32", quiet)
     trainer = Trainer(session.preset, out, open_source(data, session.preset), device=session.store.device,
-                      progress=session.progress, seed=seed, cache_size=cache)
-    trainer.run(list(phase) if phase else None)
-    if distributed.is_main():
+                      progress=session.progress, seed=seed, cache_size=cache, export_dtype=DTYPES[export_dtype])
+    trainer.run(list(phase) if phase else None, prepare_only=prepare)
+    if distributed.is_main() and not prepare:
         opt.emit_path(str(out / "preset.yaml"))
 
 

@@ -43,7 +43,7 @@ def plan(
     the_plan = make_plan(count, intervals, counts, layout, video.height, video.width, video.fps)
     steps = [_steps_for(chosen, s) for s in intervals]
     cost = estimate_cost(the_plan, chosen.dit, steps, guidance=chosen.sampler.guidance != "none",
-                         text_len=chosen.text_encoder.text_len)
+                         text_len=chosen.text_encoder.text_len, spatial_factor=chosen.vae.spatial_factor)
     data = plan_to_dict(the_plan, cost)
     if as_json:
         typer.echo(json.dumps(data, indent=2))

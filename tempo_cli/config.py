@@ -23,9 +23,10 @@ def _positive(owner: str, **fields: int | float) -> None:
 
 
 def rope_split(head_dim: int) -> tuple[int, int, int]:
-    """Channels of one attention head given to temporal, height and width RoPE (Wan's 3-D split)."""
-    third = head_dim // 3
-    return head_dim - 2 * third, third, third
+    """Channels of one attention head given to temporal, height and width RoPE (Wan's 3-D split:
+    ``d - 4 * (d // 6)`` temporal, ``2 * (d // 6)`` each for height and width; 44/42/42 at 128, 24/20/20 at 64)."""
+    sixth = head_dim // 6
+    return head_dim - 4 * sixth, 2 * sixth, 2 * sixth
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class DiTConfig:
             raise ConfigError(
                 f"DiTConfig head dimension {self.head_dim} (dim/num_heads) must split into three even, non-empty "
                 f"RoPE parts (temporal, height, width) = {parts}",
-                hint="choose dim/num_heads such as 48, 64 or 128")
+                hint="choose dim/num_heads such as 48, 64 or 128 (at least 6 and even)")
 
     @property
     def head_dim(self) -> int:
@@ -256,17 +257,32 @@ class TrainConfig:
     text_encoder_lr: float = 0.0  # 0: the text encoder is frozen
     checkpoint_every: int = 500
     sample_every: int = 0  # 0: no sample videos
+    batch_latent_frames: int = 0  # cap on latent frames per batch (long clips come in smaller batches); 0: none
+    caption_dropout: float = 0.0  # share of DiT samples trained with an empty prompt (for guidance)
+    stage2_multimask: float = 0.0  # share of stage-2 samples with extra anchors: first, first+last or a context
+    vae_focus: float = 0.0  # extra VAE loss weight on pixels unlike the frame's dominant colour
+    vae_batch_size: int = 0  # 0: batch_size
+    stage2_levels: tuple[float, ...] = ()  # stage 2: how often each level (coarse to fine) is drawn; (): equally
 
     def __post_init__(self) -> None:
         _positive("TrainConfig", batch_size=self.batch_size, stage1_lr=self.stage1_lr, stage2_lr=self.stage2_lr,
                   timestep_shift=self.timestep_shift, checkpoint_every=self.checkpoint_every)
-        for name in ("stage1_steps", "stage2_steps", "vae_steps", "warmup_steps", "sample_every", "t_max"):
+        for name in ("stage1_steps", "stage2_steps", "vae_steps", "warmup_steps", "sample_every", "t_max",
+                     "batch_latent_frames", "vae_batch_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.clip_frames < 5 or self.clip_frames % 4 != 1:
             raise ConfigError(f"train.clip_frames must be 4k+1 (k >= 1), got {self.clip_frames}")
         if not 0 <= self.max_conditioned <= 1 or not 0 <= self.ema_decay < 1:
             raise ConfigError("train.max_conditioned must be in [0, 1] and train.ema_decay in [0, 1)")
+        for name in ("caption_dropout", "stage2_multimask"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"train.{name} is a share of samples in [0, 1], got {getattr(self, name)}")
+        object.__setattr__(self, "stage2_levels", tuple(float(w) for w in self.stage2_levels))
+        if self.stage2_levels and (min(self.stage2_levels) < 0 or not sum(self.stage2_levels) > 0):
+            raise ConfigError(f"train.stage2_levels are weights >= 0 with a positive sum, got {list(self.stage2_levels)}")
+        if self.vae_focus < 0:
+            raise ConfigError(f"train.vae_focus must not be negative, got {self.vae_focus}")
 
 
 @dataclass(frozen=True)
@@ -282,6 +298,9 @@ class Preset:
     sampler: SamplerConfig
     weights: WeightsConfig
     train: TrainConfig | None = None
+    notice: str = ""  # said on stderr whenever the preset is used (e.g. that it is a toy model)
+    # the folder of the preset's file, where weights it names are also looked for; not part of its identity
+    folder: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.dit.out_dim != self.vae.z_dim:

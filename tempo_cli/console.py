@@ -25,15 +25,19 @@ class RichProgress(EngineProgress):
         self.quiet = quiet
 
     @contextlib.contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
         if self.quiet:
-            yield lambda n=1: None
+            yield lambda n=1, status="": None
             return
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
         with Progress(*columns, console=stderr, transient=False) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
+            task = bar.add_task(description, total=total, status="")
+
+            def advance(n: int = 1, status: str = "") -> None:
+                bar.update(task, advance=n, **({"status": status} if status else {}))
+
+            yield advance
 
     def log(self, message: str) -> None:
         if not self.quiet:

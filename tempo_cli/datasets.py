@@ -50,6 +50,10 @@ class ToyWorldSource:
             raise ConfigError(f"the toy world's seed must be a whole number >= 0, got {seed!r}")
         self.seed, self.size, self.max_objects, self.fps = int(seed), size, max_objects, fps
 
+    @property
+    def identity(self) -> str:
+        return f"toyworld seed={self.seed} size={self.size} max_objects={self.max_objects} fps={self.fps}"
+
     def clip(self, index: int, frames: int) -> tuple[np.ndarray, str]:
         _check_request(index, frames)
         scene = sample_scene(_stable_int(self.seed, int(index)), self.max_objects)
@@ -84,6 +88,10 @@ class FolderSource:
 
     def __len__(self) -> int:
         return len(self.videos)
+
+    @property
+    def identity(self) -> str:
+        return f"folder {self.folder.resolve()} ({len(self.videos)} videos) {self.height}x{self.width} at {self.fps} fps"
 
     def clip(self, index: int, frames: int) -> tuple[np.ndarray, str]:
         _check_request(index, frames)

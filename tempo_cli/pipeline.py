@@ -28,9 +28,10 @@ class Progress:
     """Where the engine reports work. This base reports nothing; the CLI passes a rich one."""
 
     @contextlib.contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        """A unit of work of ``total`` steps; yields ``advance(n)``."""
-        yield lambda n=1: None
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A unit of work of ``total`` steps; yields ``advance(n, status="")``, where ``status`` (e.g. the
+        loss) replaces the text shown after the description."""
+        yield lambda n=1, status="": None
 
     def log(self, message: str) -> None:
         """A one-line note for the user."""

@@ -411,20 +411,21 @@ def _level_cost(dit: DiTConfig, interval: int, frames: Sequence[int], per_latent
 
 
 def estimate_cost(plan: Plan, dit: DiTConfig, steps: int | Sequence[int], guidance: bool = True, text_len: int = 512,
-                  dtype_bytes: int = 2, one_shot_steps: int | None = None) -> CostEstimate:
+                  dtype_bytes: int = 2, one_shot_steps: int | None = None,
+                  spatial_factor: int = SPATIAL_FACTOR) -> CostEstimate:
     """Estimated FLOPs and activation memory per level of ``plan`` for the DiT of ``dit`` (a DiTConfig).
 
     ``steps`` per level (or one count for all); ``guidance`` doubles the forwards (CFG/APG). The one-shot
     baseline generates the final level's frames as a single chunk with ``one_shot_steps`` (default: the
-    blueprint's). Token counts use ``dit.patch_size``.
+    blueprint's). Token counts use ``dit.patch_size`` on the latent grid of a VAE with ``spatial_factor``.
     """
     counts = (steps,) * len(plan.levels) if isinstance(steps, int) else tuple(steps)
     if len(counts) != len(plan.levels) or not all(map(_positive_int, counts)):
         raise ConfigError(f"steps needs one positive count per level ({len(plan.levels)}), got {steps!r}")
     if one_shot_steps is not None and not _positive_int(one_shot_steps):
         raise ConfigError(f"one_shot_steps must be a positive integer, got {one_shot_steps!r}")
-    per_latent = (plan.height // (SPATIAL_FACTOR * dit.patch_size[1])) * (
-        plan.width // (SPATIAL_FACTOR * dit.patch_size[2]))
+    per_latent = (plan.height // (spatial_factor * dit.patch_size[1])) * (
+        plan.width // (spatial_factor * dit.patch_size[2]))
     passes = 2 if guidance else 1
     levels = tuple(_level_cost(dit, lv.interval, [c.frames for c in lv.chunks], per_latent, n, passes, text_len,
                                dtype_bytes) for lv, n in zip(plan.levels, counts))

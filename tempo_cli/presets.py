@@ -1,7 +1,7 @@
 """Presets: ``presets/<name>.yaml`` -> a frozen :class:`~tempo_cli.config.Preset`.
 
-A preset file holds ``description``, optionally ``extends`` (another preset's name, or a path relative to the
-file), and the sections ``dit``, ``vae``, ``text_encoder``, ``video``, ``sampler`` and ``weights``, whose keys
+A preset file holds ``description``, optionally ``notice`` (a line said on stderr whenever the preset is used),
+optionally ``extends`` (another preset's name, or a path relative to the file), and the sections ``dit``, ``vae``, ``text_encoder``, ``video``, ``sampler`` and ``weights``, whose keys
 are exactly the fields of the matching config. ``extends`` merges section by section, the child's keys winning;
 ``--set section.key=value`` overrides (values parsed as YAML) apply last. The file's stem is the preset's name.
 
@@ -32,7 +32,7 @@ SECTIONS: dict[str, type] = {"dit": DiTConfig, "vae": VAEConfig, "text_encoder":
                              "video": VideoConfig, "sampler": SamplerConfig, "weights": WeightsConfig,
                              "train": TrainConfig}
 OPTIONAL_SECTIONS = ("train",)  # a preset without it cannot be trained
-FILE_KEYS = ("description", "extends", *SECTIONS)
+FILE_KEYS = ("description", "notice", "extends", *SECTIONS)
 SUFFIXES = (".yaml", ".yml")
 WEIGHT_KEYS = ("dit", "vae", "text_encoder", "tokenizer")
 # Where a weight file may sit under a weights folder: flat, or the release's layout (checkpoints/encoders/...).
@@ -184,8 +184,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         except yaml.YAMLError as exc:
             raise UsageError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
         with _about("--set"):
-            if dotted == "description":
-                merged["description"] = str(value)
+            if dotted in ("description", "notice"):
+                merged[dotted] = str(value)
                 continue
             section, _, key = dotted.partition(".")
             if section not in SECTIONS:
@@ -195,7 +195,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     return merged
 
 
-def _build(name: str, data: Mapping[str, Any], source: str) -> Preset:
+def _build(name: str, data: Mapping[str, Any], source: str, folder: Path | None = None) -> Preset:
     with _about(source):
         configs = {}
         for section, cls in SECTIONS.items():
@@ -207,7 +207,8 @@ def _build(name: str, data: Mapping[str, Any], source: str) -> Preset:
             if missing:
                 raise ConfigError(f"{section} is missing {', '.join(repr(f'{section}.{m}') for m in missing)}")
             configs[section] = cls(**values)
-        return Preset(name=name, description=str(data.get("description", "")), **configs)
+        return Preset(name=name, description=str(data.get("description", "")), notice=str(data.get("notice", "")),
+                      folder=str(folder) if folder else "", **configs)
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -220,12 +221,12 @@ def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> Preset:
     path = _locate(str(name_or_path))
     data = apply_overrides(_resolve(path), overrides)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
-    return _build(path.stem, data, source)
+    return _build(path.stem, data, source, folder=path.resolve().parent)
 
 
 def resolved_dict(preset: Preset) -> dict[str, Any]:
     """The fully resolved preset as plain JSON-able data; :func:`preset_from_dict` reads it back."""
-    return {"name": preset.name, "description": preset.description,
+    return {"name": preset.name, "description": preset.description, **({"notice": preset.notice} if preset.notice else {}),
             **{section: config_to_dict(getattr(preset, section)) for section in SECTIONS
                if getattr(preset, section) is not None}}
 
@@ -235,15 +236,17 @@ def preset_from_dict(data: Mapping[str, Any], source: str = "preset data") -> Pr
     with _about(source):
         if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
             raise ConfigError("preset data must be a mapping with a name")
-        unknown = sorted(set(data) - {"name", "description", *SECTIONS})
+        unknown = sorted(set(data) - {"name", "description", "notice", *SECTIONS})
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}",
-                              hint=f"allowed keys: name, description, {', '.join(SECTIONS)}")
+                              hint=f"allowed keys: name, description, notice, {', '.join(SECTIONS)}")
     return _build(data["name"], data, source)
 
 
 def preset_notice(preset: Preset) -> str | None:
     """What to tell the user on stderr whenever this preset is used, or None (random weights make noise)."""
+    if preset.notice:
+        return preset.notice
     if not preset.weights.is_random:
         return None
     if preset.train is not None:
@@ -264,13 +267,15 @@ def cache_dir(preset_name: str) -> Path:
 def find_weights(preset: Preset, weights_dir: str | Path | None = None) -> dict[str, Path]:
     """The preset's weight files (keys among dit, vae, text_encoder, tokenizer; the tokenizer is a folder).
 
-    Looked for in ``weights_dir``, then ``$TEMPO_WEIGHTS``, then :func:`cache_dir`; in each, directly and
-    under :data:`WEIGHT_SUBDIRS`. Random-weight presets need no model files, and built-in tokenizers no folder.
+    Looked for in ``weights_dir``, then ``$TEMPO_WEIGHTS``, then the preset file's own folder (where shipped and
+    trained presets keep their weights), then :func:`cache_dir`; in each, directly and under :data:`WEIGHT_SUBDIRS`. Random-weight presets need no model files, and built-in tokenizers no folder.
     Anything missing raises one CheckpointError naming every missing file and every place looked.
     """
     roots = [(Path(weights_dir).expanduser(), "--weights")] if weights_dir is not None else []
     if env := os.environ.get("TEMPO_WEIGHTS"):
         roots.append((Path(env).expanduser(), "TEMPO_WEIGHTS"))
+    if preset.folder:
+        roots.append((Path(preset.folder), "the preset's folder"))
     roots.append((cache_dir(preset.name), "cache"))
     w = preset.weights
     wanted = {k: getattr(w, k) for k in WEIGHT_KEYS if k == "tokenizer" or not w.is_random}

@@ -109,7 +109,7 @@ class ModelStore:
                 for key in list(state):  # cast in place, one tensor at a time: never two copies of the model
                     state[key] = state[key].to(self.device, self.dtype)
                 encoder = TextEncoder.from_native(state, config).eval().requires_grad_(False)
-                tokenizer = load_any_tokenizer(self.paths["tokenizer"])
+                tokenizer = load_any_tokenizer(self.paths.get("tokenizer", weights.tokenizer))  # or built in
             self._models["text_encoder"] = (encoder, tokenizer)
         return self._models["text_encoder"]
 

@@ -6,18 +6,17 @@ trained model written as a preset folder (weights + ``preset.yaml``) that ``--we
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from tempo_cli import distributed, training
 from tempo_cli.config import Preset
-from tempo_cli.errors import CheckpointError
+from tempo_cli.errors import CheckpointError, UsageError
 from tempo_cli.pipeline import Progress
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -34,6 +33,21 @@ class RunState:
     latents_std: tuple[float, ...] = ()
 
 
+def _fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights: which VAE a cache of encoded clips was made with."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, captions: dict[str, list[str]]) -> dict[int, training.Prepared]:
+    tensors = load_file(str(path))
+    return {int(n): training.Prepared(tensors[f"{n}.targets"], tensors[f"{n}.conditions"],
+                                      tensors[f"{n}.intervals"], names) for n, names in captions.items()}
+
+
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
@@ -47,11 +61,11 @@ class Trainer:
     """Trains the networks of ``preset`` (random initialisation from its seed) into ``out``."""
 
     def __init__(self, preset: Preset, out: Path, source: training.VideoSource, *, device: torch.device,
-                 progress: Progress, seed: int = 0, cache_size: int = 512, on_sample: Callable | None = None):
+                 progress: Progress, seed: int = 0, cache_size: int = 512, export_dtype: torch.dtype = torch.float32):
         from tempo_cli.runtime import ModelStore
 
         self.preset, self.out, self.source, self.device = preset, out, source, device
-        self.progress, self.seed, self.cache_size, self.on_sample = progress, seed, cache_size, on_sample
+        self.progress, self.seed, self.cache_size, self.export_dtype = progress, seed, cache_size, export_dtype
         self.cfg = training.stage_plan(preset) and preset.train
         store = ModelStore(preset, device, torch.float32)  # random init from the preset's seed; fp32 master weights
         self.vae, self.dit = store.vae().train(), store.dit().train()
@@ -115,8 +129,19 @@ class Trainer:
 
     # ---- phases -------------------------------------------------------------------------------------------------
 
-    def run(self, phases: list[str] | None = None) -> None:
+    def run(self, phases: list[str] | None = None, prepare_only: bool = False) -> None:
+        """Train the phases not yet done (only ``phases`` if given), resuming from ``out``. With
+        ``prepare_only``, encode the DiT phases' clips into ``out/cache`` and train nothing."""
         tensors = self.load_checkpoint()
+        if prepare_only:
+            plan = [phase for phase, _, _ in training.stage_plan(self.preset)]
+            if "vae" in plan and "vae" not in self.state.done:
+                raise UsageError("--prepare encodes clips with the trained VAE, and this run has not trained it yet",
+                                 hint="run tempo train --phase vae first")
+            for phase, _, _ in training.stage_plan(self.preset):
+                if phase != "vae" and (not phases or phase in phases):
+                    self.prepared(phase)
+            return
         for phase, steps, lr in training.stage_plan(self.preset):
             if phase in self.state.done or (phases and phase not in phases):
                 continue
@@ -144,6 +169,7 @@ class Trainer:
         if ema_model is not None and self.cfg.ema_decay > 0:
             ema = {k: (resume[f"ema.{k}"] if resume is not None and f"ema.{k}" in resume else v.detach().float().clone())
                    for k, v in ema_model.state_dict().items()}
+        smoothed = None
         with self.progress.task(f"{name}: {steps} steps", steps) as advance:
             advance(self.state.step)
             while self.state.step < steps:
@@ -162,14 +188,15 @@ class Trainer:
                 if ema is not None:
                     training.ema_update(ema, ema_model, self.cfg.ema_decay)
                 self.state = dataclasses.replace(self.state, step=self.state.step + 1)
-                advance(1)
+                smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
+                advance(1, f"loss {smoothed:.4f}")
                 if self.state.step % 50 == 0 or self.state.step == steps:
-                    self.progress.log(f"{name} step {self.state.step}: loss {loss.item():.4f} "
-                                      + " ".join(f"{k} {v:.4f}" for k, v in info.items()))
+                    self.progress.log(f"{name} step {self.state.step}: loss {loss.item():.4f} (smoothed "
+                                      f"{smoothed:.4f}) " + " ".join(f"{k} {v:.4f}" for k, v in info.items()))
                 if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == steps:
                     self.save_checkpoint(optimizer, ema)
-                if self.on_sample and self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0:
-                    self.on_sample(self, name, self.state.step)
+                if self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0 and distributed.is_main():
+                    self.write_sample(name, self.state.step)
         if ema is not None:
             ema_model.load_state_dict({k: v.to(ema_model.state_dict()[k].dtype) for k, v in ema.items()})
 
@@ -177,14 +204,16 @@ class Trainer:
         rng = np.random.default_rng([self.seed, 1, distributed.rank(), self.state.step])
         named = {f"vae.{k}": p for k, p in self.vae.named_parameters()}
 
+        batch = self.cfg.vae_batch_size or self.cfg.batch_size
+
         def step(i: int):
-            frames = int(rng.choice([1, 5, 9]))
+            frames = int(rng.choice([1, 5, 9], p=[0.4, 0.35, 0.25]))  # images learn fastest; 9 crosses a group
             interval = int(rng.choice(self.preset.video.frame_intervals))
             clips = [self.source.clip(int(rng.integers(1 << 30)), (frames - 1) * interval + 1)[0][::interval]
-                     for _ in range(self.cfg.batch_size)]
+                     for _ in range(batch)]
             video = torch.stack([training.to_video(c) for c in clips]).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return training.vae_loss(self.vae, video, self.cfg.vae_kl_weight)
+                return training.vae_loss(self.vae, video, self.cfg.vae_kl_weight, self.cfg.vae_focus)
 
         self._loop("vae", steps, lr, named, step, resume)
         mean, std = training.latent_statistics(self.vae, self.source, min(64, self.cache_size), 9,
@@ -199,25 +228,49 @@ class Trainer:
             self.preset = dataclasses.replace(self.preset, vae=vae_config)
             self.vae.config = vae_config
 
+    def _layouts(self, phase: str) -> list[training.ClipLayout]:
+        """The clip layouts of a phase's cache, drawn from the run's seed (the same on every resume)."""
+        intervals = self.preset.video.frame_intervals
+        rng = np.random.default_rng([self.seed, 2 if phase == "stage1" else 3, distributed.rank()])
+        if phase == "stage1":
+            return [training.stage1_layout(rng, self.cfg, intervals[-1]) for _ in range(self.cache_size)]
+        return [training.stage2_layout(rng, self.cfg, intervals) for _ in range(self.cache_size)]
+
+    def prepared(self, phase: str) -> dict[int, training.Prepared]:
+        """The encoded samples of a DiT phase: read from ``out/cache/<phase>.safetensors`` when it was made by
+        this VAE with these settings, else encoded now and saved there (``tempo train --prepare`` does only this)."""
+        self._set_vae_stats()
+        self.vae.eval().requires_grad_(False)
+        path = self.out / "cache" / f"{phase}-rank{distributed.rank()}.safetensors"
+        layout_fields = ("clip_frames", "max_conditioned", "stage2_multimask", "stage2_levels")
+        key = {"vae": _fingerprint(self.vae), "size": str(self.cache_size), "seed": str(self.seed),
+               "data": self.source.identity, "intervals": json.dumps(self.preset.video.frame_intervals),
+               "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields})}
+        if path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata()
+            if all(meta.get(k) == v for k, v in key.items()):
+                self.progress.log(f"{phase}: using the {self.cache_size} encoded clips in {path}")
+                return _read_cache(path, json.loads(meta["captions"]))
+        offset = (distributed.rank() + 1) * 1_000_000 + (0 if phase == "stage1" else 500_000)
+        with self.progress.task(f"{phase}: encoding {self.cache_size} clips", self.cache_size) as advance, \
+                torch.autocast(self.device.type, dtype=torch.bfloat16):
+            data = training.prepare(self.source, self.vae, self._layouts(phase), offset, advance)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{n}.{name}": getattr(g, name) for n, g in data.items()
+                   for name in ("targets", "conditions", "intervals")}
+        atomic_save(tensors, path, {**key, "captions": json.dumps({n: g.captions for n, g in data.items()})})
+        return data
+
     def _train_dit(self, phase: str, steps: int, lr: float, resume) -> None:
         from tempo_cli.models.text_encoder import encode_prompts
 
-        self._set_vae_stats()
-        self.vae.eval().requires_grad_(False)
-        intervals = self.preset.video.frame_intervals
-        layout_rng = np.random.default_rng([self.seed, 2 if phase == "stage1" else 3, distributed.rank()])
-        make = (lambda: training.stage1_layout(layout_rng, self.cfg, intervals[-1])) if phase == "stage1" else \
-            (lambda: training.stage2_layout(layout_rng, self.cfg, intervals))
-        data: dict[int, training.Prepared] = {}
-        with self.progress.task(f"{phase}: encoding {self.cache_size} clips", 1) as advance:
-            offset = (distributed.rank() + 1) * 1_000_000 + (0 if phase == "stage1" else 500_000)
-            for frames, group in training.prepare(self.source, self.vae, [make() for _ in range(self.cache_size)],
-                                                  offset).items():
-                data[frames] = group
-            advance(1)
+        data = self.prepared(phase)
         batch_rng = np.random.default_rng([self.seed, 4, distributed.rank(), self.state.step])
         torch_rng = torch.Generator().manual_seed(self.seed * 7919 + distributed.rank() + self.state.step)
-        stream = training.batches(data, self.cfg.batch_size, batch_rng)
+        stream = training.batches(data, self.cfg, batch_rng)
         named = {f"dit.{k}": p for k, p in self.dit.named_parameters()}
         if self.cfg.text_encoder_lr > 0:
             named.update({f"text_encoder.{k}": p for k, p in self.text_encoder.named_parameters()})
@@ -228,8 +281,10 @@ class Trainer:
             t = training.sample_timesteps(torch_rng, len(captions), self.cfg.timestep_shift)
             noise = torch.randn(target.shape, generator=torch_rng)
             rope = training.rope_positions(torch_rng, step_intervals, target.shape[2], self.cfg.t_max)
+            keep = (torch.rand(len(captions), generator=torch_rng) >= self.cfg.caption_dropout).float()
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 context = encode_prompts(self.text_encoder, self.tokenizer, captions, text_len, self.device)
+                context = context * keep.to(self.device)[:, None, None]  # a dropped caption: the empty prompt
                 loss = training.flow_matching_loss(self.dit, target.to(self.device), condition.to(self.device),
                                                    context, rope.to(self.device), t.to(self.device),
                                                    noise.to(self.device))
@@ -237,26 +292,80 @@ class Trainer:
 
         self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)
 
+    # ---- samples ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def write_sample(self, phase: str, step: int) -> Path:
+        """A look at the model being trained, ``out/samples/<phase>-<step>.mp4``: for the VAE, clips beside their
+        reconstructions; for the DiT, a 2-second blueprint of the first training caption, beside its clip."""
+        from tempo_cli.video import to_uint8_frames, write_video
+
+        interval = self.preset.video.frame_intervals[0]
+        clip, caption = self.source.clip(0, 12 * interval + 1)
+        truth = training.to_video(clip[::interval]).to(self.device)  # [3, 13, H, W]
+        was_training = {name: model.training for name, model in self._models().items()}
+        for model in self._models().values():
+            model.eval()
+        try:
+            if phase == "vae":
+                mu, _ = self.vae.posterior(truth[None])
+                made = self.vae.reconstruct(mu)[0].clamp(-1, 1)
+            else:
+                made = self._sample_blueprint(caption, truth.shape[1], interval)
+        finally:
+            for name, model in self._models().items():
+                model.train(was_training[name])
+        path = self.out / "samples" / f"{phase}-{step:06d}.mp4"
+        path.parent.mkdir(exist_ok=True)
+        side_by_side = torch.cat([truth, made.to(truth.dtype)], dim=3)  # [3, T, H, 2W]
+        write_video(to_uint8_frames(side_by_side), path, self.preset.video.fps / interval, force=True)
+        return path
+
+    def _sample_blueprint(self, caption: str, frames: int, interval: int) -> torch.Tensor:
+        from tempo_cli.models.text_encoder import encode_prompts
+        from tempo_cli.pipeline import LevelSampling, decode_level, denoise_level, level_conditions
+        from tempo_cli.plan import make_plan
+
+        video = self.preset.video
+        level = make_plan(frames, (interval,), (1,), height=video.height, width=video.width,
+                          base_fps=video.fps).levels[0]
+        settings = LevelSampling.for_level(self.preset, interval)
+        embeds = encode_prompts(self.text_encoder, self.tokenizer, [caption], device=self.device)[0].float()
+        conditions = level_conditions(self.vae, level, None, {}, video.height, video.width)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            latents = denoise_level(self.dit, level, conditions, embeds, torch.zeros_like(embeds), settings,
+                                    seed=0)
+        return decode_level(self.vae, level, latents).to(self.device)
+
     # ---- the result ---------------------------------------------------------------------------------------------
 
     def export(self) -> None:
-        """Write the weights and ``preset.yaml`` that load the trained model (``--preset out/preset.yaml``)."""
+        """Write the weights (in ``export_dtype``) and ``preset.yaml`` that load the trained model
+        (``--preset out/preset.yaml``; the weights are found beside it)."""
         if not distributed.is_main():
             return
         from tempo_cli.models.text_encoder import native_key
         from tempo_cli.presets import resolved_dict
+        from tempo_cli.tokenizers import BUILTIN_PREFIX
 
         self._set_vae_stats()
-        atomic_save(self.dit.state_dict(), self.out / WEIGHT_FILES["dit"])
-        atomic_save(self.vae.state_dict(), self.out / WEIGHT_FILES["vae"])
+
+        def cast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v.to(self.export_dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+        atomic_save(cast(self.dit.state_dict()), self.out / WEIGHT_FILES["dit"])
+        atomic_save(cast(self.vae.state_dict()), self.out / WEIGHT_FILES["vae"])
         text = {native_key(k): v for k, v in self.text_encoder.model.state_dict().items() if native_key(k)}
-        atomic_save(text, self.out / WEIGHT_FILES["text_encoder"])
-        self.tokenizer.save_pretrained(str(self.out / "tokenizer"))
+        atomic_save(cast(text), self.out / WEIGHT_FILES["text_encoder"])
+        tokenizer = self.preset.weights.tokenizer
+        if not tokenizer.startswith(BUILTIN_PREFIX):  # a built-in tokenizer is named, not copied
+            self.tokenizer.save_pretrained(str(self.out / "tokenizer"))
+            tokenizer = "tokenizer"
         data = resolved_dict(self.preset)
         data.pop("name")
-        data["weights"] = {**{k: v for k, v in WEIGHT_FILES.items()}, "tokenizer": "tokenizer"}
+        data["weights"] = {**WEIGHT_FILES, "tokenizer": tokenizer}
         data["description"] = (f"{self.preset.description} Trained by tempo train "
-                               f"(phases: {', '.join(self.state.done) or 'none'}).")
+                               f"(phases: {', '.join(self.state.done) or 'none'}) on {self.source.identity}.")
         import yaml
 
         (self.out / "preset.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

@@ -24,10 +24,13 @@ import torch.nn.functional as F
 
 from tempo_cli.conditions import condition_video, pack_mask
 from tempo_cli.config import Preset, TrainConfig
+from tempo_cli.errors import ConfigError
 
 
 class VideoSource(Protocol):
     """Training videos: clip ``index`` as ``frames`` uint8 frames ``[T, H, W, 3]`` at the preset's fps."""
+
+    identity: str  # what the clips are: the same text for the same clips (names a cache of encoded clips)
 
     def clip(self, index: int, frames: int) -> tuple[np.ndarray, str]: ...
 
@@ -42,37 +45,79 @@ class ClipLayout:
 
 
 def clip_lengths(cfg: TrainConfig) -> list[int]:
-    """The 4k+1 clip lengths a run trains on: 5 up to ``clip_frames``, a few buckets so batches stack."""
-    lengths = sorted({cfg.clip_frames, max(5, (cfg.clip_frames - 1) // 2 // 4 * 4 + 1), 5})
-    return [n for n in lengths if n <= cfg.clip_frames]
+    """The 4k+1 clip lengths a run trains on, so that batches stack: 2, 4, 8, ... latent frames, then the
+    longest, ``clip_frames`` (a long blueprint or chunk is a long clip at its level's rate)."""
+    longest = (cfg.clip_frames - 1) // 4 + 1  # latent frames
+    latents, n = [], 2
+    while n < longest:
+        latents.append(n)
+        n *= 2
+    return [4 * (n - 1) + 1 for n in (*latents, longest)]
+
+
+def length_weights(lengths: Sequence[int]) -> np.ndarray:
+    """How often a clip of each length is drawn into a cache: in proportion to 1/sqrt(frames), so long clips,
+    which cost the most to encode, are fewer, while batches still visit every length equally often."""
+    weights = 1 / np.sqrt(np.asarray(lengths, dtype=np.float64))
+    return weights / weights.sum()
+
+
+def _clip_frames(rng: np.random.Generator, cfg: TrainConfig) -> int:
+    lengths = clip_lengths(cfg)
+    return int(lengths[int(rng.choice(len(lengths), p=length_weights(lengths)))])
+
+
+def batch_size_for(cfg: TrainConfig, frames: int) -> int:
+    """Samples in a batch of ``frames``-frame clips: ``batch_size``, fewer for long clips when
+    ``batch_latent_frames`` caps the latent frames of a batch (so every step costs about the same)."""
+    if not cfg.batch_latent_frames:
+        return cfg.batch_size
+    return max(1, min(cfg.batch_size, cfg.batch_latent_frames // ((frames - 1) // 4 + 1)))
+
+
+def _multimask_anchors(rng: np.random.Generator, frames: int, most: int) -> set[int]:
+    """Anchors of one multi-mask task: nothing, the first frame, first and last, a leading context (as
+    continuation sees it), or up to ``most`` frames at random positions."""
+    mode = rng.choice(["none", "first", "first_last", "prefix", "random"], p=[0.25, 0.2, 0.15, 0.15, 0.25])
+    if mode == "first":
+        return {0}
+    if mode == "first_last":
+        return {0, frames - 1}
+    if mode == "prefix":
+        return set(range(int(rng.integers(1, most + 1))))
+    if mode == "random":
+        return set(rng.choice(frames, size=int(rng.integers(1, most + 1)), replace=False).tolist())
+    return set()
 
 
 def stage1_layout(rng: np.random.Generator, cfg: TrainConfig, interval: int) -> ClipLayout:
     """Multi-mask at one frame rate: nothing, the first frame, first and last, a leading context, or up to
     ``max_conditioned`` of the frames at random positions."""
-    frames = int(rng.choice(clip_lengths(cfg)))
+    frames = _clip_frames(rng, cfg)
     most = max(1, int(cfg.max_conditioned * frames))
-    mode = rng.choice(["none", "first", "first_last", "prefix", "random"], p=[0.25, 0.2, 0.15, 0.15, 0.25])
-    anchors: set[int] = set()
-    if mode == "first":
-        anchors = {0}
-    elif mode == "first_last":
-        anchors = {0, frames - 1}
-    elif mode == "prefix":
-        anchors = set(range(int(rng.integers(1, most + 1))))
-    elif mode == "random":
-        anchors = set(rng.choice(frames, size=int(rng.integers(1, most + 1)), replace=False).tolist())
-    return ClipLayout(interval, frames, tuple(sorted(anchors)))
+    return ClipLayout(interval, frames, tuple(sorted(_multimask_anchors(rng, frames, most))))
 
 
 def stage2_layout(rng: np.random.Generator, cfg: TrainConfig, intervals: Sequence[int]) -> ClipLayout:
-    """Next-frame-rate: a level; every coarser level's frame (each ``ratio``-th position) is an anchor."""
-    level = int(rng.integers(len(intervals)))
-    frames = int(rng.choice(clip_lengths(cfg)))
-    if level == 0:
-        return ClipLayout(intervals[0], frames, ())
-    ratio = intervals[level - 1] // intervals[level]
-    return ClipLayout(intervals[level], frames, tuple(range(0, frames, ratio)))
+    """Next-frame-rate: a level; every coarser level's frame (each ``ratio``-th position) is an anchor.
+
+    A share ``stage2_multimask`` of the samples adds a multi-mask task on top (first frame, first and last, a
+    leading context of up to half the clip, or random frames), so that image-to-video and continuation keep
+    working at every frame rate, the blueprint's included.
+    """
+    weights = np.asarray(cfg.stage2_levels or [1.0] * len(intervals), dtype=np.float64)
+    if len(weights) != len(intervals):
+        raise ConfigError(f"train.stage2_levels needs one weight per level ({len(intervals)}), "
+                          f"got {list(cfg.stage2_levels)}")
+    level = int(rng.choice(len(intervals), p=weights / weights.sum()))
+    frames = _clip_frames(rng, cfg)
+    anchors: set[int] = set()
+    if level > 0:
+        ratio = intervals[level - 1] // intervals[level]
+        anchors = set(range(0, frames, ratio))
+    if cfg.stage2_multimask and rng.random() < cfg.stage2_multimask:
+        anchors |= _multimask_anchors(rng, frames, max(1, frames // 2))
+    return ClipLayout(intervals[level], frames, tuple(sorted(anchors)))
 
 
 @dataclass
@@ -87,28 +132,56 @@ class Prepared:
 
 def to_video(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float ``[3, T, H, W]`` in [-1, 1]."""
-    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+PREPARE_FRAMES = 1024  # pixel frames the VAE encodes at once while preparing
 
 
 @torch.no_grad()
-def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index: int) -> dict[int, Prepared]:
-    """Render, encode and condition one sample per layout (clip ``first_index + i``), grouped by length."""
+def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index: int,
+            advance=lambda n=1: None) -> dict[int, Prepared]:
+    """Render, encode and condition one sample per layout (clip ``first_index + i``), grouped by length.
+
+    Clips of one length are encoded in batches; a condition with no anchors is the same zero video for every
+    clip of a length, so it is encoded once. ``advance(n)`` reports ``n`` more samples done.
+    """
     param = next(vae.parameters())
-    groups: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, str]]] = {}
+    by_length: dict[int, list[int]] = {}
     for i, layout in enumerate(layouts):
-        frames, caption = source.clip(first_index + i, (layout.frames - 1) * layout.interval + 1)
-        video = to_video(frames[::layout.interval])  # [3, T, H, W]
-        anchors = {p: video[:, p] for p in layout.anchors}
-        cond, mask = condition_video(layout.frames, video.shape[2], video.shape[3], anchors)
-        both = vae.encode(torch.stack([video, cond]).to(param.device, param.dtype)).float().cpu()
-        groups.setdefault(layout.frames, []).append((both[0], both[1], mask, layout.interval, caption))
+        by_length.setdefault(layout.frames, []).append(i)
     out = {}
-    for frames, items in groups.items():
-        targets, conds, masks, intervals, captions = zip(*items)
-        latents = torch.stack(conds)
+    for frames, members in sorted(by_length.items()):
+        step = max(1, PREPARE_FRAMES // (2 * frames))
+        targets, conds, masks, captions = [], [], [], []
+        empty = None  # the encoded zero video of this length
+        for start in range(0, len(members), step):
+            videos, cond_videos, anchored = [], [], []
+            for i in members[start:start + step]:
+                layout = layouts[i]
+                clip, caption = source.clip(first_index + i, (layout.frames - 1) * layout.interval + 1)
+                video = to_video(clip[::layout.interval])  # [3, T, H, W]
+                cond, mask = condition_video(layout.frames, video.shape[2], video.shape[3],
+                                             {p: video[:, p] for p in layout.anchors})
+                videos.append(video)
+                masks.append(mask)
+                captions.append(caption)
+                anchored.append(bool(layout.anchors))
+                if layout.anchors:
+                    cond_videos.append(cond)
+            need_empty = empty is None and not all(anchored)
+            inputs = videos + cond_videos + ([torch.zeros_like(videos[0])] if need_empty else [])
+            encoded = vae.encode(torch.stack(inputs).to(param.device, param.dtype)).to(torch.bfloat16).cpu()
+            if need_empty:
+                empty = encoded[-1]
+            given = iter(encoded[len(videos):len(videos) + len(cond_videos)])
+            targets += list(encoded[:len(videos)])
+            conds += [next(given) if has else empty for has in anchored]
+            advance(len(videos))
+        latents = torch.stack(conds)  # [N, z, F, h, w]
         packed = pack_mask(torch.stack(masks))[..., None, None].expand(-1, -1, -1, *latents.shape[-2:])
-        out[frames] = Prepared(torch.stack(targets), torch.cat([packed, latents], dim=1),
-                               torch.tensor(intervals), list(captions))
+        out[frames] = Prepared(torch.stack(targets), torch.cat([packed.to(latents.dtype), latents], dim=1),
+                               torch.tensor([layouts[i].interval for i in members]), captions)
     return out
 
 
@@ -133,16 +206,18 @@ def rope_positions(rng: torch.Generator, intervals: torch.Tensor, latent_frames:
     return start[:, None] + torch.arange(latent_frames)[None] * intervals[:, None]
 
 
-def batches(data: dict[int, Prepared], batch_size: int, rng: np.random.Generator) -> Iterator[tuple]:
-    """Endless random batches, each from one clip length: (targets, conditions, intervals, captions)."""
+def batches(data: dict[int, Prepared], cfg: TrainConfig, rng: np.random.Generator) -> Iterator[tuple]:
+    """Endless random batches, each from one clip length (chosen uniformly among the lengths present, so long
+    clips are seen as often as short ones): (targets, conditions, intervals, captions), float32."""
     lengths = sorted(data)
-    weights = np.array([len(data[n].captions) for n in lengths], dtype=float)
     while True:
-        n = lengths[int(rng.choice(len(lengths), p=weights / weights.sum()))]
+        n = lengths[int(rng.integers(len(lengths)))]
         group = data[n]
-        pick = rng.choice(len(group.captions), size=min(batch_size, len(group.captions)), replace=False)
+        size = min(batch_size_for(cfg, n), len(group.captions))
+        pick = rng.choice(len(group.captions), size=size, replace=False)
         index = torch.from_numpy(pick)
-        yield group.targets[index], group.conditions[index], group.intervals[index], [group.captions[i] for i in pick]
+        yield (group.targets[index].float(), group.conditions[index].float(), group.intervals[index],
+               [group.captions[i] for i in pick])
 
 
 def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
@@ -153,13 +228,26 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def vae_loss(vae, video: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstruction (L1 + MSE) of a sampled latent, plus a small KL to N(0, 1); ``video [B, 3, T, H, W]``."""
+def focus_weights(video: torch.Tensor, focus: float) -> torch.Tensor:
+    """Per-pixel loss weights ``[B, 1, T, H, W]``: 1, plus up to ``focus`` where a pixel is unlike its frame's
+    dominant (median) colour. Small objects on a plain background then weigh as much as the background."""
+    median = video.flatten(3).median(dim=3).values[..., None, None]  # [B, 3, T, 1, 1]
+    unlike = ((video - median).abs().amax(dim=1, keepdim=True) * 4).clamp(0, 1)
+    return 1 + focus * unlike
+
+
+def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction (L1 + MSE, weighted by :func:`focus_weights`) of a sampled latent, plus a small KL to
+    N(0, 1); ``video [B, 3, T, H, W]`` in [-1, 1]."""
     mu, logvar = vae.posterior(video)
-    logvar = logvar.clamp(-30, 20)
+    logvar = logvar.float().clamp(-30, 20)
+    mu = mu.float()
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-    recon = vae.reconstruct(z)
-    l1, l2 = (recon - video).abs().mean(), F.mse_loss(recon, video)
+    recon = vae.reconstruct(z.to(video.dtype)).float()
+    error = (recon - video).abs()
+    weights = focus_weights(video, focus) if focus else torch.ones_like(error[:, :1])
+    l1 = (weights * error).sum() / (weights.sum() * 3)
+    l2 = (weights * error.square()).sum() / (weights.sum() * 3)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
     return l1 + l2 + kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
 
@@ -189,8 +277,6 @@ def stage_plan(preset: Preset) -> list[tuple[str, int, float]]:
     """(phase, steps, learning rate) in order: the VAE (if trained), stage 1, stage 2."""
     cfg = preset.train
     if cfg is None:
-        from tempo_cli.errors import ConfigError
-
         raise ConfigError(f"preset {preset.name} has no train section", hint="use a preset made for training")
     phases = [("vae", cfg.vae_steps, cfg.vae_lr), ("stage1", cfg.stage1_steps, cfg.stage1_lr),
               ("stage2", cfg.stage2_steps, cfg.stage2_lr)]

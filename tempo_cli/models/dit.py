@@ -72,7 +72,8 @@ CPU_FUSED_GELU = _cpu_fused_gelu_available()
 
 def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``gelu_tanh(linear(x))``; on CPU in bfloat16 one oneDNN kernel does both (about twice as fast on AMX)."""
-    if CPU_FUSED_GELU and x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled():
+    if (CPU_FUSED_GELU and x.device.type == "cpu" and x.dtype == linear.weight.dtype == torch.bfloat16
+            and not torch.is_grad_enabled()):
         return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, "gelu", [], "tanh")
     return F.gelu(linear(x), approximate="tanh")
 
