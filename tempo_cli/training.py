@@ -228,12 +228,19 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+FOCUS_MARGIN = 2  # px around the pixels unlike the dominant colour that weigh as much as they do
+
+
 def focus_weights(video: torch.Tensor, focus: float) -> torch.Tensor:
     """Per-pixel loss weights ``[B, 1, T, H, W]``: 1, plus up to ``focus`` where a pixel is unlike its frame's
-    dominant (median) colour. Small objects on a plain background then weigh as much as the background."""
+    dominant (median) colour or within :data:`FOCUS_MARGIN` px of such a pixel. Small objects on a plain
+    background then weigh as much as the background, and so do their edges on both sides: painting an object
+    too large costs as much as painting it too small."""
     median = video.flatten(3).median(dim=3).values[..., None, None]  # [B, 3, T, 1, 1]
     unlike = ((video - median).abs().amax(dim=1, keepdim=True) * 4).clamp(0, 1)
-    return 1 + focus * unlike
+    side = 2 * FOCUS_MARGIN + 1
+    near = F.max_pool3d(unlike, (1, side, side), stride=1, padding=(0, FOCUS_MARGIN, FOCUS_MARGIN))
+    return 1 + focus * near
 
 
 def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:

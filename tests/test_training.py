@@ -57,6 +57,74 @@ def test_stage2_layouts_condition_on_every_coarser_frame():
             assert layout.anchors == tuple(range(0, layout.frames, 2))  # every frame of the level above
 
 
+def test_clip_lengths_double_up_to_the_longest_and_long_batches_are_smaller():
+    cfg = TrainConfig(stage1_steps=1, stage1_lr=1e-3, stage2_steps=1, stage2_lr=1e-3, batch_size=16,
+                      clip_frames=193, batch_latent_frames=128)
+    lengths = training.clip_lengths(cfg)
+    assert lengths == [5, 13, 29, 61, 125, 193]  # 2, 4, 8, 16, 32 and 49 latent frames
+    assert [training.batch_size_for(cfg, n) for n in lengths] == [16, 16, 16, 8, 4, 2]
+    weights = training.length_weights(lengths)
+    assert weights.sum() == pytest.approx(1) and all(np.diff(weights) < 0)  # long clips are drawn less often
+    rng = np.random.default_rng(0)
+    drawn = [training.stage1_layout(rng, cfg, 1).frames for _ in range(3000)]
+    assert set(drawn) == set(lengths) and drawn.count(5) > 3 * drawn.count(193)
+    assert training.clip_lengths(CFG) == [5, 9]
+
+
+def test_stage2_can_mix_in_multimask_tasks_and_weigh_its_levels():
+    cfg = TrainConfig(stage1_steps=1, stage1_lr=1e-3, stage2_steps=1, stage2_lr=1e-3, clip_frames=29,
+                      stage2_multimask=0.5, stage2_levels=(2, 1, 1))
+    rng = np.random.default_rng(2)
+    layouts = [training.stage2_layout(rng, cfg, (4, 2, 1)) for _ in range(2000)]
+    levels = [layout.interval for layout in layouts]
+    assert 0.42 < levels.count(4) / len(levels) < 0.58 and levels.count(2) > 0.2 * len(levels)
+    blueprint = [layout for layout in layouts if layout.interval == 4]
+    with_anchors = [layout for layout in blueprint if layout.anchors]
+    assert 0.25 < len(with_anchors) / len(blueprint) < 0.5  # half get a task, of which some condition nothing
+    assert any(layout.anchors == (0,) for layout in with_anchors)
+    assert any(layout.anchors == tuple(range(len(layout.anchors))) and len(layout.anchors) > 1
+               for layout in with_anchors)  # a leading context, as continuation gives
+    for layout in layouts:
+        if layout.interval != 4:  # the coarser frames are always there, whatever else is added
+            ratio = 2
+            assert set(range(0, layout.frames, ratio)) <= set(layout.anchors)
+
+
+def test_prepare_encodes_batches_like_single_clips():
+    from tempo_cli.datasets import ToyWorldSource
+    from tempo_cli.runtime import ModelStore
+
+    vae = ModelStore(load_preset("tiny-random"), torch.device("cpu"), torch.float32).vae()
+    source = ToyWorldSource(5)
+    layouts = [training.ClipLayout(2, 5, ()), training.ClipLayout(2, 5, (0, 4)), training.ClipLayout(1, 5, ()),
+               training.ClipLayout(4, 9, (0,))]
+    data = training.prepare(source, vae, layouts, first_index=10)
+    assert sorted(data) == [5, 9] and data[5].intervals.tolist() == [2, 2, 1]
+    with torch.no_grad():
+        for row, i in enumerate([0, 1, 2]):
+            clip, caption = source.clip(10 + i, 4 * layouts[i].interval + 1)
+            video = training.to_video(clip[::layouts[i].interval])[None]
+            torch.testing.assert_close(data[5].targets[row].float(), vae.encode(video)[0], atol=0.05, rtol=0.02)
+            assert data[5].captions[row] == caption
+        empty = vae.encode(torch.zeros(1, 3, 5, 64, 64))[0]
+        for row in (0, 2):  # nothing conditioned: the encoded zero video, and a zero mask
+            torch.testing.assert_close(data[5].conditions[row, 4:].float(), empty, atol=0.05, rtol=0.02)
+            assert data[5].conditions[row, :4].abs().sum() == 0
+    assert data[5].conditions[1, :4, 0, 0, 0].float().tolist() == [1, 1, 1, 1]  # frame 0, packed 4 times
+    assert data[5].conditions[1, :4, 1, 0, 0].float().tolist() == [0, 0, 0, 1]  # frame 4, the last of group 1
+
+
+def test_focus_weights_cover_objects_and_their_edges_on_both_sides():
+    video = torch.full((1, 3, 1, 16, 16), -1.0)
+    video[..., 6:9, 6:9] = 1.0  # a 3x3 object on a black frame
+    weights = training.focus_weights(video, 10.0)[0, 0, 0]
+    assert weights[7, 7] == 11 and weights[0, 0] == 1
+    margin = training.FOCUS_MARGIN
+    assert weights[7, 6 - margin] == 11 and weights[7, 8 + margin] == 11  # around the object too
+    assert weights[7, 5 - margin] == 1
+    assert torch.equal(training.focus_weights(video, 0.0), torch.ones_like(weights)[None, None, None])
+
+
 def test_rope_positions_are_randomised_starts_plus_interval_steps():
     rng = torch.Generator().manual_seed(0)
     rope = training.rope_positions(rng, torch.tensor([4, 1, 2]), 5, t_max=64)
@@ -148,8 +216,14 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, monkeypatch, capsys):
     with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
         state = json.loads(f.metadata()["state"])
     assert state["done"] == ["vae"] and len(state["latents_mean"]) == 16
-    assert main(args) == 0  # resumes: trains stage1 and stage2 only
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "preset.yaml")
+    assert main(args + ["--prepare"]) == 0  # encodes both DiT phases' clips ahead, trains nothing
+    caches = sorted(p.name for p in (out / "cache").iterdir())
+    assert caches == ["stage1-rank0.safetensors", "stage2-rank0.safetensors"]
+    capsys.readouterr()
+    assert main(args[:-1]) == 0  # resumes: trains stage1 and stage2 only, on the prepared clips
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == str(out / "preset.yaml")
+    assert "stage1: using the 8 encoded clips" in captured.err and "stage2: using the 8" in captured.err
     with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["state"])["done"] == ["vae", "stage1", "stage2"]
     trained = load_preset(str(out / "preset.yaml"))

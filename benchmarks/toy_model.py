@@ -1,0 +1,93 @@
+"""The shipped toy model: how long generation takes on this machine, and how well its videos follow their prompts
+and hold together, judged against the toy world's ground truth (the figures behind tests/test_toy_model.py).
+
+* time: ``tempo generate`` of ``--seconds`` (default 10) at 24 fps in one process, per stage, after a warm-up;
+* prompt adherence: 6 fps blueprints of :func:`tempo_cli.evaluation.prompt_set` prompts, per prompt and overall;
+* consistency: a 30 s video refined to 24 fps, then continued to 60 s with a new prompt (the join judged apart).
+
+    python benchmarks/toy_model.py [--prompts 24] [--seconds 10] [--threads N] [--skip-long] [--preset toy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from stages import blueprint, continue_, encode, refine
+from tempo_cli.evaluation import adherence, consistency, max_jump, prompt_set, track
+from tempo_cli.options import open_session
+from tempo_cli.toyworld import nearest_colour
+
+LONG_PROMPT = "a yellow ball bouncing on a dark blue background"
+NEXT_PROMPT = "a yellow ball moving left on a dark blue background"
+
+
+def timed_generation(session, seconds: float) -> None:
+    for label, length in (("warm-up", 1.0), (f"{seconds:g} s", seconds)):
+        start = time.perf_counter()
+        latent_file = blueprint.run(session, "a red ball bouncing on a black background", fps=6, seconds=length)
+        made = time.perf_counter()
+        refined = refine.run(session, latent_file, to_fps=24)
+        done = time.perf_counter()
+        frames = encode.run(session, refined)
+        end = time.perf_counter()
+        print(f"{label}: blueprint {made - start:.1f} s, refine to 24 fps {done - made:.1f} s, decode "
+              f"{end - done:.1f} s, total {end - start:.1f} s for {len(frames)} frames")
+
+
+def adherence_table(session, count: int) -> None:
+    judged = []
+    for prompt in prompt_set(count):
+        frames = encode.run(session, blueprint.run(session, prompt, fps=6, seconds=5, seed=0))
+        j = adherence(frames, prompt)
+        judged.append(j)
+        print(f"  {prompt:62s} found {j.found:4.2f} colour {j.colour_share:4.2f} shape {j.shape_share:4.2f} "
+              f"motion {j.shown_motion}{'' if j.motion_ok else ' (wrong)'}")
+    moving = [j for j in judged if j.motion != "standing still"]
+    print(f"colour: {np.mean([j.colour_share for j in judged]):.3f} of frames "
+          f"(worst prompt {min(j.colour_share for j in judged):.2f}); shape: {np.mean([j.shape_ok for j in judged]):.3f}"
+          f" of prompts; motion: {np.mean([j.motion_ok for j in moving]):.3f} of {len(moving)} moving prompts, "
+          f"{np.mean([j.motion_ok for j in judged]):.3f} of all")
+
+
+def long_videos(session) -> None:
+    start = time.perf_counter()
+    thirty = refine.run(session, blueprint.run(session, LONG_PROMPT, fps=6, seconds=30, seed=1), to_fps=24)
+    frames = encode.run(session, thirty)
+    print(f"30 s ({len(frames)} frames) made in {time.perf_counter() - start:.1f} s: "
+          f"{consistency(frames, 24, LONG_PROMPT)}")
+    start = time.perf_counter()
+    joined = continue_.run(session, thirty, seconds=30, context=5, prompt=NEXT_PROMPT)
+    frames = encode.run(session, joined)
+    join = thirty.header.frames
+    main = track(frames, "dark blue").main
+    near = [m for m in main[join - 24:join + 24] if m is not None]
+    print(f"continued to {len(frames)} frames in {time.perf_counter() - start:.1f} s: "
+          f"{consistency(frames, 24, NEXT_PROMPT)}")
+    print(f"join at frame {join}: largest jump {max_jump(main, at=range(join - 24, join + 24)):.2f} px, colours "
+          f"{sorted({nearest_colour(m.mean_rgb) for m in near})}, object found in {len(near)}/48 frames")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="toy")
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-long", action="store_true", help="skip the 30 s and 60 s videos")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    session = open_session(args.preset, None, None, "cpu", None, quiet=True)
+    print(f"preset {args.preset}, {torch.get_num_threads()} threads, dtype {session.store.dtype}")
+    timed_generation(session, args.seconds)
+    adherence_table(session, args.prompts)
+    if not args.skip_long:
+        long_videos(session)
+
+
+if __name__ == "__main__":
+    main()
