@@ -204,10 +204,14 @@ def encode_prompts(store, prompt: str, negative_prompt: str, guided: bool,
                    progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prompt (and, with guidance, negative prompt) embeddings ``[text_len, dim]``; frees the encoder after."""
     from tempo_cli.models.text_encoder import encode_prompts as encode
+    from tempo_cli.tokenizers import unknown_words
 
     progress = progress or Progress()
     with progress.task("encoding the prompt", 1) as advance:
         encoder, tokenizer = store.text_encoder()
+        if unknown := unknown_words(tokenizer, prompt):
+            progress.log(f"preset {store.preset.name!r} does not know the word(s) {', '.join(map(repr, unknown))}: "
+                         f"it reads them as unknown")
         with_negative = guided and bool(negative_prompt.strip())
         prompts = [prompt, negative_prompt] if with_negative else [prompt]
         embeds = encode(encoder, tokenizer, prompts, device=store.device).float().cpu()

@@ -105,6 +105,17 @@ def build_toy_word_tokenizer(model_max_length: int = 512) -> "PreTrainedTokenize
     return build_word_tokenizer(toy_words(), model_max_length=model_max_length)
 
 
+def unknown_words(tokenizer: "PreTrainedTokenizerBase", text: str) -> list[str]:
+    """The pieces of ``text`` that ``tokenizer`` can only read as ``<unk>`` (in order, once each): the words a
+    model over a small vocabulary, such as the toy model's, has never seen."""
+    unk = tokenizer.unk_token_id
+    if unk is None or not getattr(tokenizer, "is_fast", False):
+        return []
+    encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    pieces = [text[a:b] for i, (a, b) in zip(encoding["input_ids"], encoding["offset_mapping"]) if i == unk]
+    return list(dict.fromkeys(p for p in pieces if any(c.isalnum() for c in p)))  # words, not punctuation
+
+
 def load_any_tokenizer(spec: str | Path) -> "PreTrainedTokenizerBase":
     """A built-in tokenizer (``builtin:bytes``, ``builtin:toy-words``) or the tokenizer saved in a local folder;
     never downloads."""

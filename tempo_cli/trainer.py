@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
@@ -203,7 +204,6 @@ class Trainer:
     def _train_vae(self, steps: int, lr: float, resume) -> None:
         rng = np.random.default_rng([self.seed, 1, distributed.rank(), self.state.step])
         named = {f"vae.{k}": p for k, p in self.vae.named_parameters()}
-
         batch = self.cfg.vae_batch_size or self.cfg.batch_size
 
         def step(i: int):
@@ -237,8 +237,9 @@ class Trainer:
         return [training.stage2_layout(rng, self.cfg, intervals) for _ in range(self.cache_size)]
 
     def prepared(self, phase: str) -> dict[int, training.Prepared]:
-        """The encoded samples of a DiT phase: read from ``out/cache/<phase>.safetensors`` when it was made by
-        this VAE with these settings, else encoded now and saved there (``tempo train --prepare`` does only this)."""
+        """The encoded samples of a DiT phase: read from ``out/cache/<phase>-rank<r>.safetensors`` when it was made
+        by this VAE from the same data and layout settings, else encoded now and saved there (``tempo train
+        --prepare`` does only this)."""
         self._set_vae_stats()
         self.vae.eval().requires_grad_(False)
         path = self.out / "cache" / f"{phase}-rank{distributed.rank()}.safetensors"

@@ -243,3 +243,12 @@ def test_an_empty_prompt_is_a_clear_error(encoder: TextEncoder, tokenizer, promp
     with pytest.raises(ConfigError, match="prompt 1 is empty") as info:
         encode_prompts(encoder, tokenizer, ["a cat", prompt], text_len=8)
     assert isinstance(info.value, TempoError)
+
+
+def test_unknown_words_are_found_for_small_vocabularies():
+    from tempo_cli.tokenizers import build_byte_tokenizer, build_toy_word_tokenizer, unknown_words
+
+    toy = build_toy_word_tokenizer()
+    assert unknown_words(toy, "a dog in snow, a Red ball in snow") == ["dog", "in", "snow"]
+    assert unknown_words(toy, "a red ball moving left on a black background") == []
+    assert unknown_words(build_byte_tokenizer(), "a dog in snow") == []  # bytes cover any text
