@@ -56,9 +56,10 @@ def clip_lengths(cfg: TrainConfig) -> list[int]:
 
 
 def length_weights(lengths: Sequence[int]) -> np.ndarray:
-    """How often a clip of each length is drawn into a cache: in proportion to 1/sqrt(frames), so long clips,
-    which cost the most to encode, are fewer, while batches still visit every length equally often."""
-    weights = 1 / np.sqrt(np.asarray(lengths, dtype=np.float64))
+    """How often a clip of each length is drawn into a cache: in proportion to 1/frames, so every length
+    brings about as many frames (long clips cost the most to encode; short ones, batched many at once, teach
+    appearance fastest)."""
+    weights = 1 / np.asarray(lengths, dtype=np.float64)
     return weights / weights.sum()
 
 
@@ -207,11 +208,13 @@ def rope_positions(rng: torch.Generator, intervals: torch.Tensor, latent_frames:
 
 
 def batches(data: dict[int, Prepared], cfg: TrainConfig, rng: np.random.Generator) -> Iterator[tuple]:
-    """Endless random batches, each from one clip length (chosen uniformly among the lengths present, so long
-    clips are seen as often as short ones): (targets, conditions, intervals, captions), float32."""
+    """Endless random batches, each from one clip length, chosen in proportion to the square root of its number
+    of samples (long clips, few in the cache, are still visited often): (targets, conditions, intervals,
+    captions), float32."""
     lengths = sorted(data)
+    weights = np.sqrt([len(data[n].captions) for n in lengths])
     while True:
-        n = lengths[int(rng.integers(len(lengths)))]
+        n = lengths[int(rng.choice(len(lengths), p=weights / weights.sum()))]
         group = data[n]
         size = min(batch_size_for(cfg, n), len(group.captions))
         pick = rng.choice(len(group.captions), size=size, replace=False)
