@@ -261,7 +261,8 @@ class TrainConfig:
     caption_dropout: float = 0.0  # share of DiT samples trained with an empty prompt (for guidance)
     stage2_multimask: float = 0.0  # share of stage-2 samples with extra anchors: first, first+last or a context
     vae_focus: float = 0.0  # extra VAE loss weight on pixels unlike the frame's dominant colour
-    vae_batch_size: int = 0  # 0: batch_size
+    vae_batch_size: int = 0  # 0: batch_size; clips longer than 9 frames come fewer to a batch (at least 2)
+    vae_frames: tuple[int, ...] = (1, 5, 9)  # VAE clip lengths, drawn uniformly (repeat one to draw it more often)
     stage2_levels: tuple[float, ...] = ()  # stage 2: how often each level (coarse to fine) is drawn; (): equally
 
     def __post_init__(self) -> None:
@@ -279,6 +280,9 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"train.{name} is a share of samples in [0, 1], got {getattr(self, name)}")
         object.__setattr__(self, "stage2_levels", tuple(float(w) for w in self.stage2_levels))
+        object.__setattr__(self, "vae_frames", tuple(int(n) for n in self.vae_frames))
+        if not self.vae_frames or any(n < 1 or n % 4 != 1 for n in self.vae_frames):
+            raise ConfigError(f"train.vae_frames must be clip lengths of 4k+1 frames, got {list(self.vae_frames)}")
         if self.stage2_levels and (min(self.stage2_levels) < 0 or not sum(self.stage2_levels) > 0):
             raise ConfigError(f"train.stage2_levels are weights >= 0 with a positive sum, got {list(self.stage2_levels)}")
         if self.vae_focus < 0:

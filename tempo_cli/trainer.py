@@ -207,10 +207,11 @@ class Trainer:
         batch = self.cfg.vae_batch_size or self.cfg.batch_size
 
         def step(i: int):
-            frames = int(rng.choice([1, 5, 9], p=[0.3, 0.35, 0.35]))  # images learn fastest; 9 crosses a group
+            # long clips train the causal layers with their whole history filled, as in long videos
+            frames = int(rng.choice(self.cfg.vae_frames))
             interval = int(rng.choice(self.preset.video.frame_intervals))
             clips = [self.source.clip(int(rng.integers(1 << 30)), (frames - 1) * interval + 1)[0][::interval]
-                     for _ in range(batch)]
+                     for _ in range(max(2, batch * 9 // frames) if frames > 9 else batch)]
             video = torch.stack([training.to_video(c) for c in clips]).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 return training.vae_loss(self.vae, video, self.cfg.vae_kl_weight, self.cfg.vae_focus)
