@@ -196,8 +196,8 @@ class Trainer:
                                       f"{smoothed:.4f}) " + " ".join(f"{k} {v:.4f}" for k, v in info.items()))
                 if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == steps:
                     self.save_checkpoint(optimizer, ema)
-                if self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0 and distributed.is_main():
-                    self.write_sample(name, self.state.step)
+                if self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0:
+                    self.write_sample(name, self.state.step)  # on every rank: generation shares chunks
         if ema is not None:
             ema_model.load_state_dict({k: v.to(ema_model.state_dict()[k].dtype) for k, v in ema.items()})
 
@@ -299,7 +299,8 @@ class Trainer:
     @torch.no_grad()
     def write_sample(self, phase: str, step: int) -> Path:
         """A look at the model being trained, ``out/samples/<phase>-<step>.mp4``: for the VAE, clips beside their
-        reconstructions; for the DiT, a 2-second blueprint of the first training caption, beside its clip."""
+        reconstructions; for the DiT, a 2-second blueprint of the first training caption, beside its clip. Every
+        rank takes part (under torchrun a level's chunks are shared out); rank 0 writes."""
         from tempo_cli.video import to_uint8_frames, write_video
 
         interval = self.preset.video.frame_intervals[0]
@@ -318,6 +319,8 @@ class Trainer:
             for name, model in self._models().items():
                 model.train(was_training[name])
         path = self.out / "samples" / f"{phase}-{step:06d}.mp4"
+        if not distributed.is_main():
+            return path
         path.parent.mkdir(exist_ok=True)
         side_by_side = torch.cat([truth, made.to(truth.dtype)], dim=3)  # [3, T, H, 2W]
         write_video(to_uint8_frames(side_by_side), path, self.preset.video.fps / interval, force=True)
