@@ -1,4 +1,5 @@
-"""Under torchrun the chunks of a level are shared out among the ranks; the result is the one-process result."""
+"""Under torchrun the chunks of a level are shared out among the ranks; the result is the one-process result.
+Training runs data-parallel, sample videos included."""
 
 from __future__ import annotations
 
@@ -16,20 +17,28 @@ from tempo_cli.cli import main
 from tempo_cli.latents import load
 
 
-def test_two_ranks_give_the_single_process_result(tmp_path, monkeypatch):
+def _torchrun() -> str:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun not installed beside this python")
+    return torchrun
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_ranks_give_the_single_process_result(tmp_path, monkeypatch):
+    torchrun = _torchrun()
     monkeypatch.chdir(tmp_path)
     common = ["--preset", "tiny-random", "--device", "cpu", "--dtype", "fp32", "-q"]
     assert main(["blueprint", "a red ball", "--frames", "5", "-o", "bp.safetensors", *common]) == 0
     assert main(["refine", "bp.safetensors", "--to", "24", "-o", "one.safetensors", *common]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                           str(port), "-m", "tempo_cli.cli",
+                           str(_free_port()), "-m", "tempo_cli.cli",
                            "refine", "bp.safetensors", "--to", "24", "-o", "two.safetensors", *common],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -38,3 +47,26 @@ def test_two_ranks_give_the_single_process_result(tmp_path, monkeypatch):
     assert len(one.chunks) == len(two.chunks) == 4
     for a, b in zip(one.chunks, two.chunks):  # batch composition differs: float rounding only
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+TRAIN = """
+extends: tiny-random
+train: {stage1_steps: 2, stage1_lr: 1.0e-3, stage2_steps: 2, stage2_lr: 1.0e-3, batch_size: 2, clip_frames: 9,
+        warmup_steps: 1, checkpoint_every: 2, sample_every: 2}
+"""
+
+
+def test_two_ranks_train_with_sample_videos(tmp_path):
+    """Each rank encodes its own clips; the sample videos, whose generation shares chunks, need every rank."""
+    (tmp_path / "two-rank-train.yaml").write_text(TRAIN)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TEMPO_PRESETS": str(tmp_path)}
+    done = subprocess.run([_torchrun(), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                           str(_free_port()), "-m", "tempo_cli.cli", "train", "--preset", "two-rank-train",
+                           "--data", "toyworld", "--out", "run", "--cache", "4", "--device", "cpu", "-q"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(Path("run") / "preset.yaml")]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "cache").iterdir()) == [
+        "stage1-rank0.safetensors", "stage1-rank1.safetensors", "stage2-rank0.safetensors", "stage2-rank1.safetensors"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["stage1-000002.mp4", "stage2-000002.mp4"]
