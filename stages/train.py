@@ -25,6 +25,8 @@ def command(
                                        "reused by later runs with the same VAE and settings).")] = 512,
     prepare: Annotated[bool, typer.Option("--prepare", help="Only encode the DiT phases' clips into DIR/cache "
                                           "(the VAE must be trained or frozen); train nothing.")] = False,
+    more: Annotated[int, typer.Option("--more", help="Train the finished phase named by --phase this many more "
+                                      "steps: a new warm-up and cosine cycle from its trained weights.")] = 0,
     export_dtype: Annotated[str, typer.Option("--export-dtype", help="dtype of the exported weights: fp32, or "
                                               "bf16 for half the size (the checkpoint keeps float32).")] = "fp32",
     seed: opt.SeedOpt = 0,
@@ -46,12 +48,14 @@ def command(
             raise UsageError(f"--phase {name!r}: choose from {', '.join(PHASES)}")
     if cache < 1:
         raise UsageError(f"--cache must be at least 1, got {cache}")
+    if more < 0 or (more and prepare):
+        raise UsageError(f"--more takes a positive number of steps and does not go with --prepare, got {more}")
     if DTYPES.get(export_dtype) not in (torch.float32, torch.bfloat16):
         raise UsageError(f"--export-dtype {export_dtype!r}: choose fp32 or bf16")
     session = opt.open_session(preset, set_, None, device, "fp32", quiet)
     trainer = Trainer(session.preset, out, open_source(data, session.preset), device=session.store.device,
                       progress=session.progress, seed=seed, cache_size=cache, export_dtype=DTYPES[export_dtype])
-    trainer.run(list(phase) if phase else None, prepare_only=prepare)
+    trainer.run(list(phase) if phase else None, prepare_only=prepare, more=more)
     if distributed.is_main() and not prepare:
         opt.emit_path(str(out / "preset.yaml"))
 

@@ -30,6 +30,8 @@ class RunState:
     phase: str = ""
     step: int = 0
     done: tuple[str, ...] = ()
+    steps: int = 0  # the current phase's length when it is an extension (``more``); 0: the preset's
+    round: int = 0  # how many times the current phase was extended: new batches and noise each round
     latents_mean: tuple[float, ...] = ()
     latents_std: tuple[float, ...] = ()
 
@@ -130,10 +132,14 @@ class Trainer:
 
     # ---- phases -------------------------------------------------------------------------------------------------
 
-    def run(self, phases: list[str] | None = None, prepare_only: bool = False) -> None:
+    def run(self, phases: list[str] | None = None, prepare_only: bool = False, more: int = 0) -> None:
         """Train the phases not yet done (only ``phases`` if given), resuming from ``out``. With
-        ``prepare_only``, encode the DiT phases' clips into ``out/cache`` and train nothing."""
+        ``prepare_only``, encode the DiT phases' clips into ``out/cache`` and train nothing. ``more`` trains the
+        finished phase in ``phases`` for that many more steps: a new warm-up and cosine cycle from its trained
+        (EMA) weights, on new batches; interrupted, it resumes like any phase."""
         tensors = self.load_checkpoint()
+        if more:
+            self._extend(phases, more)
         if prepare_only:
             plan = [phase for phase, _, _ in training.stage_plan(self.preset)]
             if "vae" in plan and "vae" not in self.state.done:
@@ -148,7 +154,8 @@ class Trainer:
                 continue
             resume = tensors if self.state.phase == phase else None
             if self.state.phase != phase:
-                self.state = dataclasses.replace(self.state, phase=phase, step=0)
+                self.state = dataclasses.replace(self.state, phase=phase, step=0, steps=0, round=0)
+            steps = self.state.steps or steps
             if phase == "vae":
                 self._train_vae(steps, lr, resume)
             else:
@@ -157,6 +164,22 @@ class Trainer:
             tensors = None
             self.save_checkpoint()  # the phase is done: its optimiser state is no longer needed
             self.export()
+
+    def _extend(self, phases: list[str] | None, more: int) -> None:
+        if not phases or len(phases) != 1:
+            raise UsageError("--more extends one finished phase: name it with --phase")
+        phase = phases[0]
+        if self.state.phase == phase and phase not in self.state.done and self.state.round:
+            return  # an interrupted extension: resume it
+        if phase not in self.state.done:
+            raise UsageError(f"--more: phase {phase} has not finished in {self.out}",
+                             hint="run tempo train without --more to finish (or resume) it first")
+        if phase == "vae" and any(p in self.state.done for p in ("stage1", "stage2")):
+            raise UsageError("--more: the DiT phases were trained on this VAE's latents; extending the VAE would "
+                             "change them", hint="train the VAE longer in a new run (train.vae_steps)")
+        self.state = dataclasses.replace(self.state, phase=phase, step=0, steps=more, round=self.state.round + 1,
+                                         done=tuple(p for p in self.state.done if p != phase))
+        self.progress.log(f"extending {phase} by {more} steps (round {self.state.round})")
 
     def _optimizer(self, named: dict[str, torch.nn.Parameter], lr: float, resume) -> torch.optim.AdamW:
         optimizer = torch.optim.AdamW(named.values(), lr=lr, weight_decay=self.cfg.weight_decay)
@@ -270,8 +293,10 @@ class Trainer:
         from tempo_cli.models.text_encoder import encode_prompts
 
         data = self.prepared(phase)
-        batch_rng = np.random.default_rng([self.seed, 4, distributed.rank(), self.state.step])
-        torch_rng = torch.Generator().manual_seed(self.seed * 7919 + distributed.rank() + self.state.step)
+        batch_rng = np.random.default_rng([self.seed, 4, distributed.rank(), self.state.step]
+                                          + ([self.state.round] if self.state.round else []))
+        torch_rng = torch.Generator().manual_seed(self.seed * 7919 + distributed.rank() + self.state.step
+                                                  + 1_000_003 * self.state.round)
         stream = training.batches(data, self.cfg, batch_rng)
         named = {f"dit.{k}": p for k, p in self.dit.named_parameters()}
         if self.cfg.text_encoder_lr > 0:

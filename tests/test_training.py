@@ -235,3 +235,23 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, monkeypatch, capsys):
     from tempo_cli.video import count_frames
 
     assert count_frames(video) == 17
+
+    # --more: a finished phase trains on for a new cycle, from its trained weights
+    before = load_file_tensors(out / "dit.safetensors")
+    capsys.readouterr()
+    assert main(args + ["--more", "2"]) == 2  # which phase?
+    assert "--more extends one finished phase" in capsys.readouterr().err
+    assert main(args + ["--phase", "vae", "--more", "2"]) == 2  # the DiT learnt this VAE's latents
+    assert main(args[:-1] + ["--phase", "stage2", "--more", "2"]) == 0
+    assert "extending stage2 by 2 steps (round 1)" in capsys.readouterr().err
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        state = json.loads(f.metadata()["state"])
+    assert state["done"] == ["vae", "stage1", "stage2"] and (state["step"], state["steps"], state["round"]) == (2, 2, 1)
+    after = load_file_tensors(out / "dit.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def load_file_tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
