@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from tempo_cli.runtime import ModelStore
 
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name or YAML path "
-                                                  "(default: the input file's preset, else the default preset).")]
+                                                  "(default: the input file's preset, else toy, the shipped toy model).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a preset value, e.g. "
                                                      "--set sampler.steps=[20,10,10]. Repeatable.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Folder with the preset's weight files "
@@ -41,7 +41,7 @@ AllowMismatchOpt = Annotated[bool, typer.Option("--allow-mismatch", help="Accept
 LayoutOpt = Annotated[str, typer.Option("--layout", help="Chunk layout of refined levels: seamless (neighbouring "
                                         "chunks share their boundary anchor) or reference (the release's).")]
 
-DEFAULT_PRESET = "tempomaster-14b"
+DEFAULT_PRESET = "toy"  # the shipped toy model: runs anywhere; real videos need --preset tempomaster-14b
 
 
 @dataclass

@@ -324,7 +324,8 @@ class Trainer:
     @torch.no_grad()
     def write_sample(self, phase: str, step: int) -> Path:
         """A look at the model being trained, ``out/samples/<phase>-<step>.mp4``: for the VAE, clips beside their
-        reconstructions; for the DiT, a 2-second blueprint of the first training caption, beside its clip. Every
+        reconstructions; for the DiT, a 2-second blueprint of the first training caption, beside its clip
+        (``<phase>-more<round>-<step>.mp4`` in a phase's extensions). Every
         rank takes part (under torchrun a level's chunks are shared out); rank 0 writes."""
         from tempo_cli.video import to_uint8_frames, write_video
 
@@ -343,7 +344,8 @@ class Trainer:
         finally:
             for name, model in self._models().items():
                 model.train(was_training[name])
-        path = self.out / "samples" / f"{phase}-{step:06d}.mp4"
+        name = f"{phase}-{step:06d}" if not self.state.round else f"{phase}-more{self.state.round}-{step:06d}"
+        path = self.out / "samples" / f"{name}.mp4"
         if not distributed.is_main():
             return path
         path.parent.mkdir(exist_ok=True)

@@ -325,23 +325,27 @@ def test_wheel_ships_the_presets_and_finds_them_installed(tmp_path: Path) -> Non
                     "--no-build-isolation", "-q"], check=True, capture_output=True)
     (wheel,) = (tmp_path / "wheels").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {f"tempo_cli/preset_files/{p.name}" for p in (ROOT / "presets").glob("*.yaml")}
-    assert shipped and shipped <= names
+    shipped = {f"tempo_cli/preset_files/{p.relative_to(ROOT / 'presets')}" for p in (ROOT / "presets").rglob("*")
+               if p.suffix in (".yaml", ".safetensors")}
+    assert shipped and shipped <= names and "tempo_cli/preset_files/toy/dit.safetensors" in names
     assert {f"{p.relative_to(ROOT)}" for p in (ROOT / "tempo_cli").rglob("*.py")} <= names
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel), "-q"],
                    check=True, capture_output=True)
     script = ("import json, tempo_cli, tempo_cli.presets as p; "
-              "print(json.dumps([tempo_cli.__file__, p.list_presets(), p.load_preset('tempomaster-14b').name]))")
+              "print(json.dumps([tempo_cli.__file__, p.list_presets(), p.load_preset('tempomaster-14b').name, "
+              "{k: str(v) for k, v in p.find_weights(p.load_preset('toy')).items()}]))")
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("TEMPO_PRESETS", None)
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, capture_output=True,
                          text=True).stdout
-    location, names_found, loaded = json.loads(out)
+    location, names_found, loaded, toy_weights = json.loads(out)
     assert Path(location).is_relative_to(site)
     assert {p.stem for p in (ROOT / "presets").glob("*.yaml")} <= set(names_found)
     assert loaded == "tempomaster-14b"
+    assert sorted(toy_weights) == ["dit", "text_encoder", "vae"]  # the shipped toy weights, found installed
+    assert all(Path(v).is_relative_to(site) for v in toy_weights.values())
 
 
 def test_toy_init_is_announced_as_untrained_not_as_a_test_preset():

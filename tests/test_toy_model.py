@@ -1,0 +1,176 @@
+"""The shipped toy model, judged against the toy world's ground truth with fixed seeds: its blueprints show the
+prompted colour, shape and motion; a 30 s video refined to 24 fps stays the same world from its first second to
+its last; and continuing it to 60 s with a new prompt holds together across the joins.
+
+Two kinds of threshold. ``GUARD`` sits a little below what the shipped weights reach (figures printed with
+``pytest -s`` and recorded in the README), so a retrained model that is worse fails. ``BARS`` are what the toy
+model is meant to reach (issue 4); the shipped weights do not yet, and the tests of the bars are strict xfails: the
+day a model reaches them they fail, and become plain tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages import blueprint, continue_, encode, refine
+from tempo_cli.evaluation import adherence, consistency, max_jump, prompt_set, track
+from tempo_cli.options import open_session
+from tempo_cli.toyworld import nearest_colour, parse_caption
+
+LONG_PROMPT = "a yellow ball bouncing on a dark blue background"
+NEXT_PROMPT = "a yellow ball moving left on a dark blue background"
+MOVING = ("moving left", "moving right", "moving up", "moving down", "bouncing", "circling")
+
+
+@pytest.fixture(scope="module")
+def session():
+    return open_session("toy", None, None, "cpu", None, quiet=True)
+
+
+def frames_of(session, latent_file) -> np.ndarray:
+    return encode.run(session, latent_file)
+
+
+def test_the_toy_preset_is_the_default_and_says_what_it_is():
+    from tempo_cli.options import DEFAULT_PRESET
+    from tempo_cli.presets import load_preset, preset_notice
+
+    preset = load_preset(DEFAULT_PRESET)
+    assert preset.name == "toy" and not preset.weights.is_random
+    notice = preset_notice(preset)
+    assert "toy model" in notice and "synthetic" in notice and "tempomaster-14b" in notice
+
+
+def test_generate_uses_the_toy_model_by_default(tmp_path, monkeypatch):
+    from cli_runner import tempo
+    from tempo_cli.video import count_frames
+
+    monkeypatch.chdir(tmp_path)
+    run = tempo("generate", "a red dog in snow", "--seconds", "1", "-o", "clip.mp4", "--device", "cpu")
+    assert run.code == 0, run.err
+    assert run.lines == ["clip.mp4"] and count_frames(tmp_path / "clip.mp4") == 33  # 9 frames at 6 fps, 4*9-3
+    assert "toy model: trained on synthetic shapes" in run.err
+    assert "does not know the word(s) 'dog', 'in', 'snow'" in run.err
+
+
+# Blueprint adherence over prompt_set(24): mean share of frames whose main object has the prompted colour, the
+# worst prompt's share, share of prompts whose shape most frames show, share of moving prompts that move the
+# prompted way.
+ADHERENCE_BARS = {"colour": 0.9, "worst colour": 0.5, "shape": 0.75, "motion": 0.8}
+ADHERENCE_GUARD = {"colour": 0.45, "shape": 0.2, "motion": 0.04}  # shipped: 0.513, 0.25, 2 of 21
+
+
+@pytest.fixture(scope="module")
+def adherence_figures(session) -> dict[str, float]:
+    judged = []
+    for prompt in prompt_set(24):
+        latent_file = blueprint.run(session, prompt, fps=6, seconds=5, seed=0)
+        judged.append(adherence(frames_of(session, latent_file), prompt))
+    for j in judged:
+        print(f"{j.prompt}: found {j.found:.2f} colour {j.colour_share:.2f} shape {j.shape_share:.2f} "
+              f"motion {j.shown_motion!r}")
+    figures = {"colour": float(np.mean([j.colour_share for j in judged])),
+               "worst colour": min(j.colour_share for j in judged),
+               "shape": float(np.mean([j.shape_ok for j in judged])),
+               "motion": float(np.mean([j.motion_ok for j in judged if j.motion in MOVING]))}
+    print(figures)
+    return figures
+
+
+def test_blueprints_follow_their_prompts_as_well_as_the_shipped_model(adherence_figures):
+    for key, floor in ADHERENCE_GUARD.items():
+        assert adherence_figures[key] >= floor, key
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped toy model does not reach the adherence bars yet (README)")
+def test_blueprints_reach_the_adherence_bars(adherence_figures):
+    assert all(adherence_figures[key] >= bar for key, bar in ADHERENCE_BARS.items())
+
+
+@pytest.fixture(scope="module")
+def thirty_seconds(session):
+    latent_file = blueprint.run(session, LONG_PROMPT, fps=6, seconds=30, seed=1)
+    return refine.run(session, latent_file, to_fps=24)
+
+
+def long_figures(frames: np.ndarray, prompt: str) -> dict[str, float]:
+    """A long video's figures (see :class:`tempo_cli.evaluation.Consistency`); colours: 1 when the main object has
+    the prompted colour (nearest named) in both the first and the last second; jump: the largest frame-to-frame
+    move over the largest the world allows."""
+    judged = consistency(frames, 24, prompt)
+    print(judged)
+    colour = parse_caption(prompt)[0][0][0]
+    return {"count": judged.count_share, "found": 1 - judged.missing / judged.frames,
+            "colours": float(judged.colour_names == (colour, colour)), "colour drift": judged.colour_drift,
+            "size drift": judged.size_drift, "jump": judged.max_jump / judged.jump_limit}
+
+
+def join_figures(frames: np.ndarray, join: int, prompt: str) -> dict[str, float]:
+    """Figures of the second either side of a join (frame ``join`` is the first new one): share of those frames
+    with an object, share of them with the prompted colour, change of mean size across the join (px), and the
+    largest move near it over the world's limit."""
+    main = track(frames, "dark blue").main
+    before, after = main[join - 24:join], main[join:join + 24]
+    present = [m for m in before + after if m is not None]
+    colour = parse_caption(prompt)[0][0][0]
+    sizes = [np.mean([m.size for m in side if m is not None] or [np.nan]) for side in (before, after)]
+    limit = consistency(frames, 24, prompt).jump_limit
+    figures = {"found": len(present) / 48, "colour": sum(nearest_colour(m.mean_rgb) == colour for m in present) / 48,
+               "size change": float(abs(sizes[0] - sizes[1])),
+               "jump": max_jump(main, at=range(join - 24, join + 24)) / limit}
+    print(f"join at frame {join}: {figures}")
+    return figures
+
+
+# 30 s at 24 fps: share of frames with exactly one object, share with an object, colour names kept, RGB drift of
+# the main object's colour and px drift of its size from the first second to the last, largest jump / limit.
+THIRTY_BARS = {"count": 0.95, "found": 0.99, "colours": 1.0, "colour drift": 40.0, "size drift": 3.0, "jump": 1.0}
+THIRTY_GUARD = {"count": 0.65, "found": 0.75, "colour drift": 90.0, "size drift": 2.5, "jump": 20.0}
+# shipped: 0.749, 0.828, yellow -> white, 70.0, 1.25, 16.3 (51 px against 3.1)
+# The joins of 30 s + 15 s + 15 s: the second either side of each join.
+JOIN_BARS = {"found": 1.0, "colour": 1.0, "size change": 3.0, "jump": 1.0}
+JOIN_GUARD = {"found": 0.9, "colour": 0.45, "size change": 6.0, "jump": 12.0}
+# shipped: join at 30 s 0.958, 0.542, 0.25, 8.92; at 45 s 0.979, 0.833, 4.57, 0.37
+LOWER_IS_BETTER = {"colour drift", "size drift", "jump", "size change"}
+
+
+def meets(figures: dict[str, float], limits: dict[str, float]) -> list[str]:
+    """The figures that miss their limits."""
+    return [key for key, limit in limits.items()
+            if not (figures[key] <= limit if key in LOWER_IS_BETTER else figures[key] >= limit)]
+
+
+@pytest.fixture(scope="module")
+def thirty_figures(session, thirty_seconds) -> dict[str, float]:
+    frames = frames_of(session, thirty_seconds)
+    assert len(frames) == 30 * 24 + 1
+    return long_figures(frames, LONG_PROMPT)
+
+
+@pytest.fixture(scope="module")
+def join_figures_60(session, thirty_seconds) -> list[dict[str, float]]:
+    """30 s, then two continuations of 15 s each with a new prompt, each conditioned on the last 5 s."""
+    first = continue_.run(session, thirty_seconds, seconds=15, context=5, prompt=NEXT_PROMPT)
+    joined = continue_.run(session, first, seconds=15, context=5)
+    frames = frames_of(session, joined)
+    assert len(frames) == 60 * 24 + 1
+    return [join_figures(frames, join, NEXT_PROMPT) for join in (thirty_seconds.header.frames, first.header.frames)]
+
+
+def test_thirty_seconds_hold_together_as_well_as_the_shipped_model(thirty_figures):
+    assert meets(thirty_figures, THIRTY_GUARD) == []
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped toy model does not reach the 30 s consistency bars yet (README)")
+def test_thirty_seconds_reach_the_consistency_bars(thirty_figures):
+    assert meets(thirty_figures, THIRTY_BARS) == []
+
+
+def test_continuations_to_sixty_seconds_hold_as_well_as_the_shipped_model(join_figures_60):
+    assert [meets(figures, JOIN_GUARD) for figures in join_figures_60] == [[], []]
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped toy model does not reach the join bars yet (README)")
+def test_continuations_to_sixty_seconds_reach_the_join_bars(join_figures_60):
+    assert [meets(figures, JOIN_BARS) for figures in join_figures_60] == [[], []]
