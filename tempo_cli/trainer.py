@@ -220,7 +220,7 @@ class Trainer:
                 if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == steps:
                     self.save_checkpoint(optimizer, ema)
                 if self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0:
-                    self.write_sample(name, self.state.step)  # on every rank: generation shares chunks
+                    self.write_sample(name, self.state.step, ema)  # every rank: generation shares chunks
         if ema is not None:
             ema_model.load_state_dict({k: v.to(ema_model.state_dict()[k].dtype) for k, v in ema.items()})
 
@@ -322,11 +322,12 @@ class Trainer:
     # ---- samples ------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def write_sample(self, phase: str, step: int) -> Path:
+    def write_sample(self, phase: str, step: int, ema: dict[str, torch.Tensor] | None = None) -> Path:
         """A look at the model being trained, ``out/samples/<phase>-<step>.mp4``: for the VAE, clips beside their
         reconstructions; for the DiT, a 2-second blueprint of the first training caption, beside its clip
         (``<phase>-more<round>-<step>.mp4`` in a phase's extensions). Every
-        rank takes part (under torchrun a level's chunks are shared out); rank 0 writes."""
+        rank takes part (under torchrun a level's chunks are shared out); rank 0 writes. With ``ema``, the DiT
+        samples with its EMA weights (what the export will hold), then gets its training weights back."""
         from tempo_cli.video import to_uint8_frames, write_video
 
         interval = self.preset.video.frame_intervals[0]
@@ -340,8 +341,13 @@ class Trainer:
                 mu, _ = self.vae.posterior(truth[None])
                 made = self.vae.reconstruct(mu)[0].clamp(-1, 1)
             else:
+                training_weights = {k: v.clone() for k, v in self.dit.state_dict().items()} if ema else None
+                if ema:
+                    self.dit.load_state_dict({k: v.to(training_weights[k].dtype) for k, v in ema.items()})
                 made = self._sample_blueprint(caption, truth.shape[1], interval)
         finally:
+            if phase != "vae" and ema:
+                self.dit.load_state_dict(training_weights)
             for name, model in self._models().items():
                 model.train(was_training[name])
         name = f"{phase}-{step:06d}" if not self.state.round else f"{phase}-more{self.state.round}-{step:06d}"

@@ -255,3 +255,25 @@ def load_file_tensors(path):
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def test_dit_samples_use_the_ema_weights_and_leave_the_training_weights(tmp_path, monkeypatch):
+    from tempo_cli.datasets import open_source
+    from tempo_cli.pipeline import Progress
+    from tempo_cli.trainer import Trainer
+    from tempo_cli.video import read_video
+
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "tiny-train.yaml").write_text(TINY_TRAIN)
+    monkeypatch.setenv("TEMPO_PRESETS", str(presets))
+    preset = load_preset("tiny-train")
+    trainer = Trainer(preset, tmp_path / "run", open_source("toyworld:3", preset), device=torch.device("cpu"),
+                      progress=Progress())
+    weights = {k: v.clone() for k, v in trainer.dit.state_dict().items()}
+    plain = read_video(trainer.write_sample("stage1", 1))[0]
+    ema = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in weights.items()}
+    with_ema = read_video(trainer.write_sample("stage1", 2, ema))[0]
+    assert all(torch.equal(v, trainer.dit.state_dict()[k]) for k, v in weights.items())
+    assert trainer.dit.training and not np.array_equal(plain, with_ema)
+    assert np.array_equal(plain, read_video(trainer.write_sample("stage1", 3))[0])  # the same weights again
