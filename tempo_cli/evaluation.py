@@ -136,7 +136,14 @@ def consistency(frames: np.ndarray, fps: float, prompt: str) -> Consistency:
         colour_names=(nearest_colour(colour_a), nearest_colour(colour_b)),
         size_drift=abs(float(np.mean([m.size for m in first])) - float(np.mean([m.size for m in last]))),
         max_jump=max_jump(main),
-        jump_limit=max(max_speed(m) for _, _, m in things) * frames.shape[1] / WORLD / fps + JITTER)
+        jump_limit=jump_limit(prompt, fps, frames.shape[1]))
+
+
+def jump_limit(prompt: str, fps: float, size: int = WORLD) -> float:
+    """The largest move, px, between neighbouring frames at ``fps`` of a ``size`` x ``size`` video of ``prompt``
+    that the world allows (its fastest object's speed), plus the found centre's jitter."""
+    things, _ = parse_caption(prompt)
+    return max(max_speed(m) for _, _, m in things) * size / WORLD / fps + JITTER
 
 
 def max_jump(main: Sequence[DetectedObject | None], at: Sequence[int] | None = None) -> float:

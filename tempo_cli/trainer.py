@@ -5,11 +5,13 @@ trained model written as a preset folder (weights + ``preset.yaml``) that ``--we
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -34,6 +36,26 @@ class RunState:
     round: int = 0  # how many times the current phase was extended: new batches and noise each round
     latents_mean: tuple[float, ...] = ()
     latents_std: tuple[float, ...] = ()
+
+
+def _load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` into ``model``'s parameters and buffers, each in the dtype the model keeps it in."""
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
+@contextlib.contextmanager
+def _weights_swapped_in(model: torch.nn.Module, tensors: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """``model`` holds ``tensors`` (e.g. its EMA) inside the block and its own weights again after; no-op for None."""
+    if tensors is None:
+        yield
+        return
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    _load_weights(model, tensors)
+    try:
+        yield
+    finally:
+        model.load_state_dict(own)
 
 
 def _fingerprint(model: torch.nn.Module) -> str:
@@ -222,7 +244,7 @@ class Trainer:
                 if self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0:
                     self.write_sample(name, self.state.step, ema)  # every rank: generation shares chunks
         if ema is not None:
-            ema_model.load_state_dict({k: v.to(ema_model.state_dict()[k].dtype) for k, v in ema.items()})
+            _load_weights(ema_model, ema)
 
     def _train_vae(self, steps: int, lr: float, resume) -> None:
         rng = np.random.default_rng([self.seed, 1, distributed.rank(), self.state.step])
@@ -341,13 +363,9 @@ class Trainer:
                 mu, _ = self.vae.posterior(truth[None])
                 made = self.vae.reconstruct(mu)[0].clamp(-1, 1)
             else:
-                training_weights = {k: v.clone() for k, v in self.dit.state_dict().items()} if ema else None
-                if ema:
-                    self.dit.load_state_dict({k: v.to(training_weights[k].dtype) for k, v in ema.items()})
-                made = self._sample_blueprint(caption, truth.shape[1], interval)
+                with _weights_swapped_in(self.dit, ema):
+                    made = self._sample_blueprint(caption, truth.shape[1], interval)
         finally:
-            if phase != "vae" and ema:
-                self.dit.load_state_dict(training_weights)
             for name, model in self._models().items():
                 model.train(was_training[name])
         name = f"{phase}-{step:06d}" if not self.state.round else f"{phase}-more{self.state.round}-{step:06d}"

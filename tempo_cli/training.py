@@ -213,8 +213,9 @@ def batches(data: dict[int, Prepared], cfg: TrainConfig, rng: np.random.Generato
     captions), float32."""
     lengths = sorted(data)
     weights = np.sqrt([len(data[n].captions) for n in lengths])
+    weights /= weights.sum()
     while True:
-        n = lengths[int(rng.choice(len(lengths), p=weights / weights.sum()))]
+        n = lengths[int(rng.choice(len(lengths), p=weights))]
         group = data[n]
         size = min(batch_size_for(cfg, n), len(group.captions))
         pick = rng.choice(len(group.captions), size=size, replace=False)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from stages import blueprint, continue_, encode, refine
-from tempo_cli.evaluation import adherence, consistency, max_jump, prompt_set, track
+from tempo_cli.evaluation import adherence, consistency, jump_limit, max_jump, prompt_set, track
 from tempo_cli.options import open_session
 from tempo_cli.toyworld import nearest_colour, parse_caption
 
@@ -106,19 +106,17 @@ def long_figures(frames: np.ndarray, prompt: str) -> dict[str, float]:
             "size drift": judged.size_drift, "jump": judged.max_jump / judged.jump_limit}
 
 
-def join_figures(frames: np.ndarray, join: int, prompt: str) -> dict[str, float]:
-    """Figures of the second either side of a join (frame ``join`` is the first new one): share of those frames
-    with an object, share of them with the prompted colour, change of mean size across the join (px), and the
-    largest move near it over the world's limit."""
-    main = track(frames, "dark blue").main
+def join_figures(frames: np.ndarray, main: list, join: int, prompt: str) -> dict[str, float]:
+    """Figures of the second either side of a join (frame ``join`` is the first new one), from the main objects
+    ``main`` of ``frames``: share of those frames with an object, share of them with the prompted colour, change of
+    mean size across the join (px), and the largest move near it over the world's limit."""
     before, after = main[join - 24:join], main[join:join + 24]
     present = [m for m in before + after if m is not None]
     colour = parse_caption(prompt)[0][0][0]
     sizes = [np.mean([m.size for m in side if m is not None] or [np.nan]) for side in (before, after)]
-    limit = consistency(frames, 24, prompt).jump_limit
     figures = {"found": len(present) / 48, "colour": sum(nearest_colour(m.mean_rgb) == colour for m in present) / 48,
                "size change": float(abs(sizes[0] - sizes[1])),
-               "jump": max_jump(main, at=range(join - 24, join + 24)) / limit}
+               "jump": max_jump(main, at=range(join - 24, join + 24)) / jump_limit(prompt, 24, frames.shape[1])}
     print(f"join at frame {join}: {figures}")
     return figures
 
@@ -155,7 +153,9 @@ def join_figures_60(session, thirty_seconds) -> list[dict[str, float]]:
     joined = continue_.run(session, first, seconds=15, context=5)
     frames = frames_of(session, joined)
     assert len(frames) == 60 * 24 + 1
-    return [join_figures(frames, join, NEXT_PROMPT) for join in (thirty_seconds.header.frames, first.header.frames)]
+    main = track(frames, parse_caption(NEXT_PROMPT)[1]).main  # tracked once for both joins
+    return [join_figures(frames, main, join, NEXT_PROMPT)
+            for join in (thirty_seconds.header.frames, first.header.frames)]
 
 
 def test_thirty_seconds_hold_together_as_well_as_the_shipped_model(thirty_figures):
