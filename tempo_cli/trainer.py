@@ -140,7 +140,10 @@ class Trainer:
             if set(missing) - {TIED_ALIAS} or unexpected:
                 raise CheckpointError(f"{path} does not fit the {m} of preset {self.preset.name}: "
                                       f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-        self.progress.log(f"resuming {self.state.phase} at step {self.state.step} from {path}")
+        if self.state.phase in self.state.done:
+            self.progress.log(f"loaded {path}: trained {', '.join(self.state.done)}")
+        else:
+            self.progress.log(f"resuming {self.state.phase} at step {self.state.step} from {path}")
         return tensors
 
     @staticmethod

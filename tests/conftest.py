@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-REFERENCE = Path(os.environ.get("TEMPO_REFERENCE", Path(__file__).resolve().parents[1].parent / "shared" / "reference"))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _find_reference() -> Path:
+    """``TEMPO_REFERENCE`` if set; else ``shared/reference`` beside the checkout, or beside the checkout it was
+    cloned from (a clone made elsewhere, as CI and the before-stop check make, still finds the fixtures)."""
+    if "TEMPO_REFERENCE" in os.environ:
+        return Path(os.environ["TEMPO_REFERENCE"])
+    beside = ROOT.parent / "shared" / "reference"
+    if beside.is_dir():
+        return beside
+    try:
+        origin = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin and Path(origin).is_dir():
+        cloned_from = Path(origin).resolve().parent / "shared" / "reference"
+        if cloned_from.is_dir():
+            return cloned_from
+    return beside
+
+
+REFERENCE = _find_reference()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,7 +53,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def reference() -> Path:
     if not (REFERENCE / "README.md").is_file():
-        pytest.fail(f"reference fixtures not found at {REFERENCE} (set TEMPO_REFERENCE)")
+        pytest.fail(f"reference fixtures not found at {REFERENCE} (set TEMPO_REFERENCE to the shared/reference folder)")
     return REFERENCE
 
 

@@ -243,7 +243,9 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, monkeypatch, capsys):
     assert "--more extends one finished phase" in capsys.readouterr().err
     assert main(args + ["--phase", "vae", "--more", "2"]) == 2  # the DiT learnt this VAE's latents
     assert main(args[:-1] + ["--phase", "stage2", "--more", "2"]) == 0
-    assert "extending stage2 by 2 steps (round 1)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trained vae, stage1, stage2" in err and "extending stage2 by 2 steps (round 1)" in err
+    assert "resuming" not in err  # nothing was interrupted
     with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
         state = json.loads(f.metadata()["state"])
     assert state["done"] == ["vae", "stage1", "stage2"] and (state["step"], state["steps"], state["round"]) == (2, 2, 1)
