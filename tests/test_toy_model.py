@@ -5,10 +5,13 @@ its last; and continuing it to 60 s with a new prompt holds together across the 
 Two kinds of threshold. ``GUARD`` sits a little below what the shipped weights reach (figures printed with
 ``pytest -s`` and recorded in the README), so a retrained model that is worse fails. ``BARS`` are what the toy
 model is meant to reach (issue 4); the shipped weights do not yet, and the tests of the bars are strict xfails: the
-day a model reaches them they fail, and become plain tests.
+day a model reaches them they fail, and become plain tests. ``TEMPO_TOY_PRESET=DIR/preset.yaml pytest -s
+tests/test_toy_model.py`` prints a retrained model's figures and holds it to the same thresholds.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -25,7 +28,9 @@ MOVING = ("moving left", "moving right", "moving up", "moving down", "bouncing",
 
 @pytest.fixture(scope="module")
 def session():
-    return open_session("toy", None, None, "cpu", None, quiet=True)
+    """The shipped toy model, or the preset named by ``TEMPO_TOY_PRESET`` (a retrained model's
+    ``preset.yaml``, to judge it by the same figures)."""
+    return open_session(os.environ.get("TEMPO_TOY_PRESET", "toy"), None, None, "cpu", None, quiet=True)
 
 
 def frames_of(session, latent_file) -> np.ndarray:
@@ -58,7 +63,7 @@ def test_generate_uses_the_toy_model_by_default(tmp_path, monkeypatch):
 # worst prompt's share, share of prompts whose shape most frames show, share of moving prompts that move the
 # prompted way.
 ADHERENCE_BARS = {"colour": 0.9, "worst colour": 0.5, "shape": 0.75, "motion": 0.8}
-ADHERENCE_GUARD = {"colour": 0.45, "shape": 0.2, "motion": 0.04}  # shipped: 0.513, 0.25, 2 of 21
+ADHERENCE_GUARD = {"colour": 0.55, "shape": 0.25, "motion": 0.09}  # shipped: 0.622, 0.292, 3 of 21
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +129,12 @@ def join_figures(frames: np.ndarray, main: list, join: int, prompt: str) -> dict
 # 30 s at 24 fps: share of frames with exactly one object, share with an object, colour names kept, RGB drift of
 # the main object's colour and px drift of its size from the first second to the last, largest jump / limit.
 THIRTY_BARS = {"count": 0.95, "found": 0.99, "colours": 1.0, "colour drift": 40.0, "size drift": 3.0, "jump": 1.0}
-THIRTY_GUARD = {"count": 0.65, "found": 0.75, "colour drift": 90.0, "size drift": 2.5, "jump": 20.0}
-# shipped: 0.749, 0.828, yellow -> white, 70.0, 1.25, 16.3 (51 px against 3.1)
+THIRTY_GUARD = {"count": 0.85, "found": 0.87, "colour drift": 30.0, "size drift": 2.0, "jump": 18.0}
+# shipped: 0.895, 0.910, yellow -> yellow, 15.2, 0.89, 14.1 (44 px against 3.1)
 # The joins of 30 s + 15 s + 15 s: the second either side of each join.
 JOIN_BARS = {"found": 1.0, "colour": 1.0, "size change": 3.0, "jump": 1.0}
-JOIN_GUARD = {"found": 0.9, "colour": 0.45, "size change": 6.0, "jump": 12.0}
-# shipped: join at 30 s 0.958, 0.542, 0.25, 8.92; at 45 s 0.979, 0.833, 4.57, 0.37
+JOIN_GUARD = {"found": 0.88, "colour": 0.55, "size change": 5.0, "jump": 2.0}
+# shipped: join at 30 s 0.958, 0.938, 0.41, 0.85; at 45 s 0.917, 0.625, 3.94, 1.13
 LOWER_IS_BETTER = {"colour drift", "size drift", "jump", "size change"}
 
 
