@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from stages import blueprint, continue_, encode, refine
-from tempo_cli.evaluation import adherence, consistency, max_jump, prompt_set, track
+from tempo_cli.evaluation import adherence, adherence_summary, consistency, max_jump, prompt_set, track
 from tempo_cli.options import open_session
 from tempo_cli.toyworld import nearest_colour
 
@@ -47,10 +47,9 @@ def adherence_table(session, count: int) -> None:
         judged.append(j)
         print(f"  {prompt:62s} found {j.found:4.2f} colour {j.colour_share:4.2f} shape {j.shape_share:4.2f} "
               f"motion {j.shown_motion}{'' if j.motion_ok else ' (wrong)'}")
-    moving = [j for j in judged if j.motion != "standing still"]
-    print(f"colour: {np.mean([j.colour_share for j in judged]):.3f} of frames "
-          f"(worst prompt {min(j.colour_share for j in judged):.2f}); shape: {np.mean([j.shape_ok for j in judged]):.3f}"
-          f" of prompts; motion: {np.mean([j.motion_ok for j in moving]):.3f} of {len(moving)} moving prompts, "
+    figures = adherence_summary(judged)
+    print(f"colour: {figures['colour']:.3f} of frames (worst prompt {figures['worst colour']:.2f}); shape: "
+          f"{figures['shape']:.3f} of prompts; motion: {figures['motion']:.3f} of {figures['moving']} moving prompts, "
           f"{np.mean([j.motion_ok for j in judged]):.3f} of all")
 
 

@@ -104,6 +104,18 @@ def adherence(frames: np.ndarray, prompt: str) -> Adherence:
     return Adherence(prompt, colour, shape, motion, count, len(found) / count, colour_share, shape_share, shown)
 
 
+def adherence_summary(judged: Sequence[Adherence]) -> dict[str, float]:
+    """The figures of many prompts' adherence: mean share of frames with the prompted colour ("colour"), the
+    worst prompt's share ("worst colour"), share of prompts whose shape most frames show ("shape"), and share of
+    the moving prompts that move the prompted way ("motion"; "moving" counts them)."""
+    moving = [j for j in judged if j.motion != "standing still"]
+    return {"colour": float(np.mean([j.colour_share for j in judged])),
+            "worst colour": min(j.colour_share for j in judged),
+            "shape": float(np.mean([j.shape_ok for j in judged])),
+            "motion": float(np.mean([j.motion_ok for j in moving])) if moving else float("nan"),
+            "moving": len(moving)}
+
+
 @dataclass(frozen=True)
 class Consistency:
     """How a long video of one prompt holds together over time."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tempo_cli.evaluation import adherence, consistency, majority_colour, max_jump, max_speed, track
+from tempo_cli.evaluation import adherence, adherence_summary, consistency, majority_colour, max_jump, max_speed, track
 from tempo_cli.toyworld import BACKGROUNDS, FPS, MOTIONS, SHAPES, render, scene_from_caption
 
 PROMPTS = [f"a {c} {s} {m} on a {b} background" for c, s, m, b in [
@@ -32,6 +32,15 @@ def test_adherence_notices_the_wrong_colour_shape_and_motion():
     empty = np.zeros_like(frames)
     nothing = adherence(empty, PROMPTS[0])
     assert nothing.found == 0 and nothing.colour_share == 0 and nothing.shown_motion == "standing still"
+
+
+def test_adherence_summary_counts_moving_prompts_apart():
+    frames = render(scene_from_caption(PROMPTS[0], seed=3), 31, fps=FPS / 4)  # a red ball moving left
+    right = adherence(frames, PROMPTS[0])
+    wrong = adherence(frames, "a blue square moving right on a black background")
+    still = adherence(frames, "a red ball standing still on a black background")  # moves: wrong, not counted
+    figures = adherence_summary([right, wrong, still])
+    assert figures == {"colour": 2 / 3, "worst colour": 0.0, "shape": 2 / 3, "motion": 0.5, "moving": 2}
 
 
 def test_a_long_render_is_consistent():

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from stages import blueprint, continue_, encode, refine
-from tempo_cli.evaluation import adherence, consistency, jump_limit, max_jump, prompt_set, track
+from tempo_cli.evaluation import (adherence, adherence_summary, consistency, jump_limit, max_jump, prompt_set,
+                                  track)
 from tempo_cli.options import open_session
 from tempo_cli.toyworld import nearest_colour, parse_caption
 
 LONG_PROMPT = "a yellow ball bouncing on a dark blue background"
 NEXT_PROMPT = "a yellow ball moving left on a dark blue background"
-MOVING = ("moving left", "moving right", "moving up", "moving down", "bouncing", "circling")
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,6 @@ def session():
     """The shipped toy model, or the preset named by ``TEMPO_TOY_PRESET`` (a retrained model's
     ``preset.yaml``, to judge it by the same figures)."""
     return open_session(os.environ.get("TEMPO_TOY_PRESET", "toy"), None, None, "cpu", None, quiet=True)
-
-
-def frames_of(session, latent_file) -> np.ndarray:
-    return encode.run(session, latent_file)
 
 
 def test_the_toy_preset_is_the_default_and_says_what_it_is():
@@ -71,14 +67,11 @@ def adherence_figures(session) -> dict[str, float]:
     judged = []
     for prompt in prompt_set(24):
         latent_file = blueprint.run(session, prompt, fps=6, seconds=5, seed=0)
-        judged.append(adherence(frames_of(session, latent_file), prompt))
+        judged.append(adherence(encode.run(session, latent_file), prompt))
     for j in judged:
         print(f"{j.prompt}: found {j.found:.2f} colour {j.colour_share:.2f} shape {j.shape_share:.2f} "
               f"motion {j.shown_motion!r}")
-    figures = {"colour": float(np.mean([j.colour_share for j in judged])),
-               "worst colour": min(j.colour_share for j in judged),
-               "shape": float(np.mean([j.shape_ok for j in judged])),
-               "motion": float(np.mean([j.motion_ok for j in judged if j.motion in MOVING]))}
+    figures = adherence_summary(judged)
     print(figures)
     return figures
 
@@ -146,7 +139,7 @@ def meets(figures: dict[str, float], limits: dict[str, float]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def thirty_figures(session, thirty_seconds) -> dict[str, float]:
-    frames = frames_of(session, thirty_seconds)
+    frames = encode.run(session, thirty_seconds)
     assert len(frames) == 30 * 24 + 1
     return long_figures(frames, LONG_PROMPT)
 
@@ -156,7 +149,7 @@ def join_figures_60(session, thirty_seconds) -> list[dict[str, float]]:
     """30 s, then two continuations of 15 s each with a new prompt, each conditioned on the last 5 s."""
     first = continue_.run(session, thirty_seconds, seconds=15, context=5, prompt=NEXT_PROMPT)
     joined = continue_.run(session, first, seconds=15, context=5)
-    frames = frames_of(session, joined)
+    frames = encode.run(session, joined)
     assert len(frames) == 60 * 24 + 1
     main = track(frames, parse_caption(NEXT_PROMPT)[1]).main  # tracked once for both joins
     return [join_figures(frames, main, join, NEXT_PROMPT)
