@@ -11,7 +11,7 @@ from tempo_cli import options as opt
 from tempo_cli.errors import UsageError
 from tempo_cli.plugins import Stage
 
-PHASES = ("vae", "stage1", "stage2")
+PHASES = ("vae", "stage1", "stage2", "decoder")  # as tempo_cli.training.PHASES, without importing torch
 
 
 def command(
@@ -20,13 +20,16 @@ def command(
     data: Annotated[str, typer.Option("--data", help="'toyworld', 'toyworld:SEED', or a folder of videos with "
                                       "captions (.txt beside each, or captions.jsonl).")] = "toyworld",
     phase: Annotated[Optional[list[str]], typer.Option("--phase", help="Train only these phases (vae, stage1, "
-                                                       "stage2); default all, in order. Repeatable.")] = None,
+                                                       "stage2, decoder); default all, in order. Repeatable.")] = None,
     cache: Annotated[int, typer.Option("--cache", help="Clips encoded per DiT phase (kept in DIR/cache and "
                                        "reused by later runs with the same VAE and settings).")] = 512,
     prepare: Annotated[bool, typer.Option("--prepare", help="Only encode the DiT phases' clips into DIR/cache "
                                           "(the VAE must be trained or frozen); train nothing.")] = False,
     more: Annotated[int, typer.Option("--more", help="Train the finished phase named by --phase this many more "
                                       "steps: a new warm-up and cosine cycle from its trained weights.")] = 0,
+    init: Annotated[Optional[str], typer.Option("--init", help="Start a new run from a trained preset's weights "
+                                                "(name or YAML path), network by network where the architecture is "
+                                                "the same; a VAE taken over counts as trained.")] = None,
     export_dtype: Annotated[str, typer.Option("--export-dtype", help="dtype of the exported weights: fp32, or "
                                               "bf16 for half the size (the checkpoint keeps float32).")] = "fp32",
     seed: opt.SeedOpt = 0,
@@ -55,6 +58,10 @@ def command(
     session = opt.open_session(preset, set_, None, device, "fp32", quiet)
     trainer = Trainer(session.preset, out, open_source(data, session.preset), device=session.store.device,
                       progress=session.progress, seed=seed, cache_size=cache, export_dtype=DTYPES[export_dtype])
+    if init is not None:
+        from tempo_cli.presets import load_preset
+
+        trainer.take_over(load_preset(init))
     trainer.run(list(phase) if phase else None, prepare_only=prepare, more=more)
     if distributed.is_main() and not prepare:
         opt.emit_path(str(out / "preset.yaml"))

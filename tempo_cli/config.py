@@ -261,15 +261,19 @@ class TrainConfig:
     caption_dropout: float = 0.0  # share of DiT samples trained with an empty prompt (for guidance)
     stage2_multimask: float = 0.0  # share of stage-2 samples with extra anchors: first, first+last or a context
     vae_focus: float = 0.0  # extra VAE loss weight on pixels unlike the frame's dominant colour
+    dit_focus: float = 0.0  # extra DiT loss weight on latent cells that show an object
+    decoder_steps: int = 0  # after the DiT: the VAE decoder alone on the frozen encoder's latents (0: none)
+    decoder_lr: float = 5e-4
     vae_batch_size: int = 0  # 0: batch_size; clips longer than 9 frames come fewer to a batch (at least 2)
     vae_frames: tuple[int, ...] = (1, 5, 9)  # VAE clip lengths, drawn uniformly (repeat one to draw it more often)
     stage2_levels: tuple[float, ...] = ()  # stage 2: how often each level (coarse to fine) is drawn; (): equally
 
     def __post_init__(self) -> None:
         _positive("TrainConfig", batch_size=self.batch_size, stage1_lr=self.stage1_lr, stage2_lr=self.stage2_lr,
-                  timestep_shift=self.timestep_shift, checkpoint_every=self.checkpoint_every)
+                  timestep_shift=self.timestep_shift, checkpoint_every=self.checkpoint_every,
+                  decoder_lr=self.decoder_lr)
         for name in ("stage1_steps", "stage2_steps", "vae_steps", "warmup_steps", "sample_every", "t_max",
-                     "batch_latent_frames", "vae_batch_size"):
+                     "batch_latent_frames", "vae_batch_size", "decoder_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.clip_frames < 5 or self.clip_frames % 4 != 1:
@@ -285,8 +289,9 @@ class TrainConfig:
             raise ConfigError(f"train.vae_frames must be clip lengths of 4k+1 frames, got {list(self.vae_frames)}")
         if self.stage2_levels and (min(self.stage2_levels) < 0 or not sum(self.stage2_levels) > 0):
             raise ConfigError(f"train.stage2_levels are weights >= 0 with a positive sum, got {list(self.stage2_levels)}")
-        if self.vae_focus < 0:
-            raise ConfigError(f"train.vae_focus must not be negative, got {self.vae_focus}")
+        for name in ("vae_focus", "dit_focus"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

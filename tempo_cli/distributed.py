@@ -59,6 +59,12 @@ def gather(local: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     return {k: v for part in parts if part for k, v in part.items()}
 
 
+def barrier() -> None:
+    """Wait until every rank is here (nothing to wait for in one process)."""
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
 def shutdown() -> None:
     """Leave the process group (a gloo group left open can abort the process at exit)."""
     if dist.is_available() and dist.is_initialized():

@@ -23,6 +23,7 @@ from tempo_cli.errors import CheckpointError, UsageError
 from tempo_cli.pipeline import Progress
 
 CHECKPOINT = "checkpoint.safetensors"
+CACHE_FORMAT = "2"  # encoded clips: 2 added the latent focus maps
 TIED_ALIAS = "model.encoder.embed_tokens.weight"  # the text encoder's token embedding, also ``model.shared``
 WEIGHT_FILES = {"dit": "dit.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
 
@@ -58,19 +59,23 @@ def _weights_swapped_in(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
         model.load_state_dict(own)
 
 
-def _fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of a model's weights: which VAE a cache of encoded clips was made with."""
+def _encoder_fingerprint(vae) -> str:
+    """sha256 of what makes a VAE's latents (the encoder's weights and the latent statistics): which VAE a cache
+    of encoded clips was made with. The decoder is left out, so the decoder phase keeps the caches valid."""
     digest = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().float().cpu().numpy().tobytes())
+    for name, value in sorted(vae.state_dict().items()):
+        if name.startswith(("encoder.", "conv1.")):
+            digest.update(name.encode())
+            digest.update(value.detach().float().cpu().numpy().tobytes())
+    digest.update(json.dumps([vae.config.latents_mean, vae.config.latents_std]).encode())
     return digest.hexdigest()
 
 
 def _read_cache(path: Path, captions: dict[str, list[str]]) -> dict[int, training.Prepared]:
     tensors = load_file(str(path))
     return {int(n): training.Prepared(tensors[f"{n}.targets"], tensors[f"{n}.conditions"],
-                                      tensors[f"{n}.intervals"], names) for n, names in captions.items()}
+                                      tensors[f"{n}.intervals"], names, tensors[f"{n}.focus"])
+            for n, names in captions.items()}
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -140,8 +145,8 @@ class Trainer:
             if set(missing) - {TIED_ALIAS} or unexpected:
                 raise CheckpointError(f"{path} does not fit the {m} of preset {self.preset.name}: "
                                       f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-        if self.state.phase in self.state.done:
-            self.progress.log(f"loaded {path}: trained {', '.join(self.state.done)}")
+        if not self.state.phase or self.state.phase in self.state.done:
+            self.progress.log(f"loaded {path}: trained {', '.join(self.state.done) or 'nothing yet'}")
         else:
             self.progress.log(f"resuming {self.state.phase} at step {self.state.step} from {path}")
         return tensors
@@ -157,6 +162,35 @@ class Trainer:
 
     # ---- phases -------------------------------------------------------------------------------------------------
 
+    def take_over(self, trained: Preset) -> list[str]:
+        """Start this (new) run from the weights of a trained preset, network by network, wherever the architecture
+        is the same; returns the names taken. A VAE taken over counts as trained (its phase is done), with the
+        trained preset's latent statistics, so its latents are exactly those the trained preset's DiT knows."""
+        from tempo_cli.runtime import ModelStore
+
+        if (self.out / CHECKPOINT).is_file():
+            raise UsageError(f"--init starts a new run, and {self.out} already holds one",
+                             hint="choose a new --out folder, or leave --init out to resume")
+        store = ModelStore(trained, self.device, torch.float32)
+        stats = {"latents_mean": trained.vae.latents_mean, "latents_std": trained.vae.latents_std}
+        same = {"vae": dataclasses.replace(self.preset.vae, **stats) == trained.vae,
+                "dit": self.preset.dit == trained.dit,
+                "text_encoder": (self.preset.text_encoder == trained.text_encoder
+                                 and self.preset.weights.tokenizer == trained.weights.tokenizer)}
+        taken = [name for name in ("vae", "text_encoder", "dit") if same[name]]
+        for name in taken:
+            source = store.text_encoder()[0] if name == "text_encoder" else getattr(store, name)()
+            _load_weights(self._models()[name], source.state_dict())
+        if "vae" in taken:
+            self.state = dataclasses.replace(self.state, done=("vae",), latents_mean=stats["latents_mean"],
+                                             latents_std=stats["latents_std"])
+            self._set_vae_stats()
+        self.progress.log(f"starting from {trained.name}'s {', '.join(taken) or 'nothing (no network matches)'}"
+                          + (" (the VAE phase counts as done)" if "vae" in taken else ""))
+        distributed.barrier()  # every rank has looked for an earlier run before rank 0 writes this one
+        self.save_checkpoint()
+        return taken
+
     def run(self, phases: list[str] | None = None, prepare_only: bool = False, more: int = 0) -> None:
         """Train the phases not yet done (only ``phases`` if given), resuming from ``out``. With
         ``prepare_only``, encode the DiT phases' clips into ``out/cache`` and train nothing. ``more`` trains the
@@ -171,7 +205,7 @@ class Trainer:
                 raise UsageError("--prepare encodes clips with the trained VAE, and this run has not trained it yet",
                                  hint="run tempo train --phase vae first")
             for phase, _, _ in training.stage_plan(self.preset):
-                if phase != "vae" and (not phases or phase in phases):
+                if phase in ("stage1", "stage2") and (not phases or phase in phases):
                     self.prepared(phase)
             return
         for phase, steps, lr in training.stage_plan(self.preset):
@@ -181,8 +215,8 @@ class Trainer:
             if self.state.phase != phase:
                 self.state = dataclasses.replace(self.state, phase=phase, step=0, steps=0, round=0)
             steps = self.state.steps or steps
-            if phase == "vae":
-                self._train_vae(steps, lr, resume)
+            if phase in ("vae", "decoder"):
+                self._train_vae(steps, lr, resume, decoder_only=phase == "decoder")
             else:
                 self._train_dit(phase, steps, lr, resume)
             self.state = dataclasses.replace(self.state, done=self.state.done + (phase,))
@@ -201,7 +235,8 @@ class Trainer:
                              hint="run tempo train without --more to finish (or resume) it first")
         if phase == "vae" and any(p in self.state.done for p in ("stage1", "stage2")):
             raise UsageError("--more: the DiT phases were trained on this VAE's latents; extending the VAE would "
-                             "change them", hint="train the VAE longer in a new run (train.vae_steps)")
+                             "change them", hint="train the VAE longer in a new run (train.vae_steps), or its "
+                                                 "decoder alone: --phase decoder")
         self.state = dataclasses.replace(self.state, phase=phase, step=0, steps=more, round=self.state.round + 1,
                                          done=tuple(p for p in self.state.done if p != phase))
         self.progress.log(f"extending {phase} by {more} steps (round {self.state.round})")
@@ -249,9 +284,17 @@ class Trainer:
         if ema is not None:
             _load_weights(ema_model, ema)
 
-    def _train_vae(self, steps: int, lr: float, resume) -> None:
-        rng = np.random.default_rng([self.seed, 1, distributed.rank(), self.state.step])
-        named = {f"vae.{k}": p for k, p in self.vae.named_parameters()}
+    def _train_vae(self, steps: int, lr: float, resume, decoder_only: bool = False) -> None:
+        """The VAE phase, or with ``decoder_only`` the decoder phase: the decoder (and its input projection) learns
+        on the frozen encoder's latents, which therefore keep their statistics and what the DiT learnt of them."""
+        rng = np.random.default_rng([self.seed, 5 if decoder_only else 1, distributed.rank(), self.state.step]
+                                    + ([self.state.round] if self.state.round else []))
+        self._set_vae_stats()
+        named = {f"vae.{k}": p for k, p in self.vae.named_parameters()
+                 if not decoder_only or k.startswith(("decoder.", "conv2."))}
+        self.vae.train().requires_grad_(False)
+        for p in named.values():
+            p.requires_grad_(True)
         batch = self.cfg.vae_batch_size or self.cfg.batch_size
 
         def step(i: int):
@@ -262,9 +305,11 @@ class Trainer:
                      for _ in range(max(2, batch * 9 // frames) if frames > 9 else batch)]
             video = torch.stack([training.to_video(c) for c in clips]).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return training.vae_loss(self.vae, video, self.cfg.vae_kl_weight, self.cfg.vae_focus)
+                return training.vae_loss(self.vae, video, self.cfg.vae_kl_weight, self.cfg.vae_focus, decoder_only)
 
-        self._loop("vae", steps, lr, named, step, resume)
+        self._loop("decoder" if decoder_only else "vae", steps, lr, named, step, resume)
+        if decoder_only:
+            return
         mean, std = training.latent_statistics(self.vae, self.source, min(64, self.cache_size), 9,
                                                first_index=10_000_000)
         self.state = dataclasses.replace(self.state, latents_mean=tuple(mean), latents_std=tuple(std))
@@ -293,8 +338,8 @@ class Trainer:
         self.vae.eval().requires_grad_(False)
         path = self.out / "cache" / f"{phase}-rank{distributed.rank()}.safetensors"
         layout_fields = ("clip_frames", "max_conditioned", "stage2_multimask", "stage2_levels")
-        key = {"vae": _fingerprint(self.vae), "size": str(self.cache_size), "seed": str(self.seed),
-               "data": self.source.identity, "intervals": json.dumps(self.preset.video.frame_intervals),
+        key = {"format": CACHE_FORMAT, "vae": _encoder_fingerprint(self.vae), "size": str(self.cache_size),
+               "seed": str(self.seed), "data": self.source.identity, "intervals": json.dumps(self.preset.video.frame_intervals),
                "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields})}
         if path.is_file():
             from safetensors import safe_open
@@ -310,7 +355,7 @@ class Trainer:
             data = training.prepare(self.source, self.vae, self._layouts(phase), offset, advance)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{n}.{name}": getattr(g, name) for n, g in data.items()
-                   for name in ("targets", "conditions", "intervals")}
+                   for name in ("targets", "conditions", "intervals", "focus")}
         atomic_save(tensors, path, {**key, "captions": json.dumps({n: g.captions for n, g in data.items()})})
         return data
 
@@ -329,17 +374,18 @@ class Trainer:
         text_len = self.preset.text_encoder.text_len
 
         def step(i: int):
-            target, condition, step_intervals, captions = next(stream)
+            target, condition, step_intervals, captions, focus = next(stream)
             t = training.sample_timesteps(torch_rng, len(captions), self.cfg.timestep_shift)
             noise = torch.randn(target.shape, generator=torch_rng)
             rope = training.rope_positions(torch_rng, step_intervals, target.shape[2], self.cfg.t_max)
             keep = (torch.rand(len(captions), generator=torch_rng) >= self.cfg.caption_dropout).float()
+            weights = (1 + self.cfg.dit_focus * focus).to(self.device) if self.cfg.dit_focus else None
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 context = encode_prompts(self.text_encoder, self.tokenizer, captions, text_len, self.device)
                 context = context * keep.to(self.device)[:, None, None]  # a dropped caption: the empty prompt
                 loss = training.flow_matching_loss(self.dit, target.to(self.device), condition.to(self.device),
                                                    context, rope.to(self.device), t.to(self.device),
-                                                   noise.to(self.device))
+                                                   noise.to(self.device), weights)
             return loss, {}
 
         self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)
@@ -362,7 +408,7 @@ class Trainer:
         for model in self._models().values():
             model.eval()
         try:
-            if phase == "vae":
+            if phase in ("vae", "decoder"):
                 mu, _ = self.vae.posterior(truth[None])
                 made = self.vae.reconstruct(mu)[0].clamp(-1, 1)
             else:

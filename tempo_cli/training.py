@@ -123,12 +123,14 @@ def stage2_layout(rng: np.random.Generator, cfg: TrainConfig, intervals: Sequenc
 
 @dataclass
 class Prepared:
-    """Encoded samples of one clip length: targets ``[N, z, F, h, w]``, conditions ``[N, 4 + z, F, h, w]``."""
+    """Encoded samples of one clip length: targets ``[N, z, F, h, w]``, conditions ``[N, 4 + z, F, h, w]``,
+    and ``focus [N, 1, F, h, w]`` in [0, 1], how much each latent cell shows of an object (:func:`latent_focus`)."""
 
     targets: torch.Tensor
     conditions: torch.Tensor
     intervals: torch.Tensor  # [N]
     captions: list[str]
+    focus: torch.Tensor
 
 
 def to_video(frames: np.ndarray) -> torch.Tensor:
@@ -154,7 +156,7 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
     out = {}
     for frames, members in sorted(by_length.items()):
         step = max(1, PREPARE_FRAMES // (2 * frames))
-        targets, conds, masks, captions = [], [], [], []
+        targets, conds, masks, captions, focus = [], [], [], [], []
         empty = None  # the encoded zero video of this length
         for start in range(0, len(members), step):
             videos, cond_videos, anchored = [], [], []
@@ -177,12 +179,14 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
                 empty = encoded[-1]
             given = iter(encoded[len(videos):len(videos) + len(cond_videos)])
             targets += list(encoded[:len(videos)])
+            focus += list(latent_focus(torch.stack(videos), vae.config.spatial_factor, vae.config.temporal_factor)
+                          .to(torch.bfloat16))
             conds += [next(given) if has else empty for has in anchored]
             advance(len(videos))
         latents = torch.stack(conds)  # [N, z, F, h, w]
         packed = pack_mask(torch.stack(masks))[..., None, None].expand(-1, -1, -1, *latents.shape[-2:])
         out[frames] = Prepared(torch.stack(targets), torch.cat([packed.to(latents.dtype), latents], dim=1),
-                               torch.tensor([layouts[i].interval for i in members]), captions)
+                               torch.tensor([layouts[i].interval for i in members]), captions, torch.stack(focus))
     return out
 
 
@@ -193,12 +197,18 @@ def sample_timesteps(rng: torch.Generator, n: int, shift: float) -> torch.Tensor
 
 
 def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
-                       rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """``|v(z_t, t) - (noise - target)|^2`` with ``z_t = (1 - t) target + t noise``; t in (0, 1), ``[B]``."""
+                       rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``|v(z_t, t) - (noise - target)|^2`` with ``z_t = (1 - t) target + t noise``; t in (0, 1), ``[B]``.
+    ``weights [B, 1, F, h, w]`` (optional) weigh the latent cells: a weighted mean over them."""
     tt = t.view(-1, 1, 1, 1, 1)
     z_t = (1 - tt) * target + tt * noise
     velocity = dit(z_t, t * 1000, context, condition, rope)
-    return F.mse_loss(velocity.float(), (noise - target).float())
+    error = (velocity.float() - (noise - target).float()).square()
+    if weights is None:
+        return error.mean()
+    weights = weights.float().expand_as(error)
+    return (weights * error).sum() / weights.sum()
 
 
 def rope_positions(rng: torch.Generator, intervals: torch.Tensor, latent_frames: int, t_max: int) -> torch.Tensor:
@@ -210,7 +220,7 @@ def rope_positions(rng: torch.Generator, intervals: torch.Tensor, latent_frames:
 def batches(data: dict[int, Prepared], cfg: TrainConfig, rng: np.random.Generator) -> Iterator[tuple]:
     """Endless random batches, each from one clip length, chosen in proportion to the square root of its number
     of samples (long clips, few in the cache, are still visited often): (targets, conditions, intervals,
-    captions), float32."""
+    captions, focus), float32."""
     lengths = sorted(data)
     weights = np.sqrt([len(data[n].captions) for n in lengths])
     weights /= weights.sum()
@@ -221,7 +231,7 @@ def batches(data: dict[int, Prepared], cfg: TrainConfig, rng: np.random.Generato
         pick = rng.choice(len(group.captions), size=size, replace=False)
         index = torch.from_numpy(pick)
         yield (group.targets[index].float(), group.conditions[index].float(), group.intervals[index],
-               [group.captions[i] for i in pick])
+               [group.captions[i] for i in pick], group.focus[index].float())
 
 
 def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
@@ -247,10 +257,24 @@ def focus_weights(video: torch.Tensor, focus: float) -> torch.Tensor:
     return 1 + focus * near
 
 
-def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+def latent_focus(video: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
+    """How much each latent cell shows of an object: ``[B, 3, T, H, W]`` in [-1, 1] (T = 1 + temporal * k) ->
+    ``[B, 1, 1 + k, H / spatial, W / spatial]`` in [0, 1], the largest :func:`focus_weights` share (an object's
+    pixels and the margin around them) over the cell's pixels: the first frame alone, then groups of
+    ``temporal`` frames, as the VAE packs them."""
+    near = focus_weights(video, 1.0) - 1  # [B, 1, T, H, W] in [0, 1]
+    groups = near[:, :, 1:].unflatten(2, (-1, temporal)).amax(dim=3)  # [B, 1, k, H, W]
+    cells = torch.cat([near[:, :, :1], groups], dim=2)
+    return F.max_pool3d(cells, (1, spatial, spatial))
+
+
+def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0,
+             decoder_only: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction (L1 + MSE, weighted by :func:`focus_weights`) of a sampled latent, plus a small KL to
-    N(0, 1); ``video [B, 3, T, H, W]`` in [-1, 1]."""
-    mu, logvar = vae.posterior(video)
+    N(0, 1); ``video [B, 3, T, H, W]`` in [-1, 1]. ``decoder_only``: the encoder is frozen (no gradients, no KL),
+    so its latents, which the DiT has learnt, stay what they are."""
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not decoder_only):
+        mu, logvar = vae.posterior(video)
     logvar = logvar.float().clamp(-30, 20)
     mu = mu.float()
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
@@ -260,6 +284,8 @@ def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0) -> 
     l1 = (weights * error).sum() / (weights.sum() * 3)
     l2 = (weights * error.square()).sum() / (weights.sum() * 3)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
+    if decoder_only:
+        return l1 + l2, {"l1": l1.item()}
     return l1 + l2 + kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
 
 
@@ -284,11 +310,15 @@ def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
                 ema[name].mul_(decay).add_(value.detach().float(), alpha=1 - decay)
 
 
+PHASES = ("vae", "stage1", "stage2", "decoder")
+
+
 def stage_plan(preset: Preset) -> list[tuple[str, int, float]]:
-    """(phase, steps, learning rate) in order: the VAE (if trained), stage 1, stage 2."""
+    """(phase, steps, learning rate) in order: the VAE (if trained), stage 1, stage 2, and the VAE decoder's
+    fine-tuning (if any); phases with no steps are left out."""
     cfg = preset.train
     if cfg is None:
         raise ConfigError(f"preset {preset.name} has no train section", hint="use a preset made for training")
     phases = [("vae", cfg.vae_steps, cfg.vae_lr), ("stage1", cfg.stage1_steps, cfg.stage1_lr),
-              ("stage2", cfg.stage2_steps, cfg.stage2_lr)]
+              ("stage2", cfg.stage2_steps, cfg.stage2_lr), ("decoder", cfg.decoder_steps, cfg.decoder_lr)]
     return [p for p in phases if p[1] > 0]

@@ -112,6 +112,21 @@ def test_prepare_encodes_batches_like_single_clips():
             assert data[5].conditions[row, :4].abs().sum() == 0
     assert data[5].conditions[1, :4, 0, 0, 0].float().tolist() == [1, 1, 1, 1]  # frame 0, packed 4 times
     assert data[5].conditions[1, :4, 1, 0, 0].float().tolist() == [0, 0, 0, 1]  # frame 4, the last of group 1
+    clip, _ = source.clip(10, 5 * 2 - 1)
+    focus = training.latent_focus(training.to_video(clip[::2])[None], 8, 4)[0]
+    assert data[5].focus.shape == (3, 1, 2, 8, 8) and torch.equal(data[5].focus[0].float(), focus)
+
+
+def test_latent_focus_marks_the_cells_that_show_an_object():
+    video = torch.full((1, 3, 9, 16, 16), -1.0)
+    video[:, :, 0, 1:3, 1:3] = 1.0  # frame 0: an object in the top-left cell
+    video[:, :, 7, 12:14, 12:14] = 1.0  # frame 7 (latent frame 2): one in the bottom-right cell
+    focus = training.latent_focus(video, 4, 4)
+    assert focus.shape == (1, 1, 3, 4, 4)
+    assert focus[0, 0, 0, 0, 0] == 1 and focus[0, 0, 0, 3, 3] == 0
+    assert focus[0, 0, 1].sum() == 0  # frames 1-4 show nothing
+    assert focus[0, 0, 2, 3, 3] == 1 and focus[0, 0, 2, 0, 0] == 0
+    assert 0 < focus[0, 0, 2, 2, 2] <= 1  # the margin around the object reaches the next cell
 
 
 def test_focus_weights_cover_objects_and_their_edges_on_both_sides():
@@ -146,6 +161,22 @@ def test_flow_matching_loss_is_zero_for_the_exact_velocity():
     assert loss.item() == 0
     oracle.v = torch.zeros_like(target)
     assert loss.item() < training.flow_matching_loss(oracle, target, None, None, None, torch.tensor([0.5]), noise)
+
+
+def test_flow_matching_loss_weighs_latent_cells():
+    class Fixed(torch.nn.Module):
+        def forward(self, z_t, t, context, y, rope):
+            return self.v
+
+    target, noise, t = torch.zeros(1, 2, 1, 1, 2), torch.zeros(1, 2, 1, 1, 2), torch.tensor([0.5])
+    model = Fixed()
+    model.v = torch.tensor([0.0, 2.0]).view(1, 1, 1, 1, 2).expand(1, 2, 1, 1, 2)  # wrong in the second cell only
+    plain = training.flow_matching_loss(model, target, None, None, None, t, noise)
+    same = training.flow_matching_loss(model, target, None, None, None, t, noise, torch.ones(1, 1, 1, 1, 2))
+    assert plain.item() == same.item() == 2.0  # a uniform weight is the plain mean
+    weighted = training.flow_matching_loss(model, target, None, None, None, t, noise,
+                                           torch.tensor([1.0, 3.0]).view(1, 1, 1, 1, 2))
+    assert weighted.item() == 3.0  # (1 * 0 + 3 * 4) / (1 + 3)
 
 
 def test_timesteps_follow_the_shift():
@@ -252,6 +283,17 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, monkeypatch, capsys):
     after = load_file_tensors(out / "dit.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
+    # the decoder phase: the VAE's decoder trains on; its encoder, and so the DiT's latents, stay
+    vae_before = load_file_tensors(out / "vae.safetensors")
+    assert main(args + ["--phase", "decoder", "--set", "train.decoder_steps=2"]) == 0
+    vae_after = load_file_tensors(out / "vae.safetensors")
+    changed = {k for k in vae_before if not torch.equal(vae_before[k], vae_after[k])}
+    assert changed and all(k.startswith(("decoder.", "conv2.")) for k in changed)
+    assert load_preset(str(out / "preset.yaml")).vae.latents_mean == tuple(state["latents_mean"])
+    capsys.readouterr()
+    assert main(args[:-1] + ["--phase", "stage2", "--more", "1"]) == 0
+    assert "stage2: using the 8 encoded clips" in capsys.readouterr().err  # the cached latents are still valid
+
 
 def load_file_tensors(path):
     from safetensors.torch import load_file
@@ -279,3 +321,26 @@ def test_dit_samples_use_the_ema_weights_and_leave_the_training_weights(tmp_path
     assert all(torch.equal(v, trainer.dit.state_dict()[k]) for k, v in weights.items())
     assert trainer.dit.training and not np.array_equal(plain, with_ema)
     assert np.array_equal(plain, read_video(trainer.write_sample("stage1", 3))[0])  # the same weights again
+
+
+def test_init_starts_a_new_run_from_the_matching_networks_of_a_trained_preset(tmp_path, monkeypatch, capsys):
+    from tempo_cli.runtime import ModelStore
+
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "tiny-train.yaml").write_text(TINY_TRAIN)
+    monkeypatch.setenv("TEMPO_PRESETS", str(presets))
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny-train", "--set", "dit.ffn_dim=64", "--data", "toyworld:3", "--out", str(out),
+            "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1"]
+    assert main(args + ["--init", "tiny-random"]) == 0
+    err = capsys.readouterr().err
+    assert "starting from tiny-random's vae, text_encoder (the VAE phase counts as done)" in err
+    assert "trained vae" in err and "resuming" not in err
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["state"])["done"] == ["vae", "stage1"]
+    trained = ModelStore(load_preset("tiny-random"), torch.device("cpu"), torch.float32)
+    exported = load_file_tensors(out / "vae.safetensors")
+    assert all(torch.equal(exported[k], v) for k, v in trained.vae().state_dict().items())  # taken as it was
+    assert main(args + ["--init", "tiny-random"]) == 2  # a run is there already
+    assert "--init starts a new run" in capsys.readouterr().err
