@@ -35,6 +35,15 @@ train:
 """
 
 
+@pytest.fixture
+def tiny_train(tmp_path, monkeypatch):
+    """The preset ``tiny-train`` (TINY_TRAIN) in a presets folder on ``TEMPO_PRESETS``."""
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "tiny-train.yaml").write_text(TINY_TRAIN)
+    monkeypatch.setenv("TEMPO_PRESETS", str(presets))
+
+
 def test_stage1_layouts_condition_few_frames_at_one_rate():
     rng = np.random.default_rng(0)
     layouts = [training.stage1_layout(rng, CFG, 1) for _ in range(300)]
@@ -236,11 +245,7 @@ def test_dit_learns_a_batch(tmp_path):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_tempo_train_runs_resumes_and_exports(tmp_path, monkeypatch, capsys):
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    (presets / "tiny-train.yaml").write_text(TINY_TRAIN)
-    monkeypatch.setenv("TEMPO_PRESETS", str(presets))
+def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys):
     out = tmp_path / "run"
     args = ["train", "--preset", "tiny-train", "--data", "toyworld:3", "--out", str(out), "--cache", "8", "-q"]
     assert main(args + ["--phase", "vae"]) == 0
@@ -301,16 +306,12 @@ def load_file_tensors(path):
     return load_file(str(path))
 
 
-def test_dit_samples_use_the_ema_weights_and_leave_the_training_weights(tmp_path, monkeypatch):
+def test_dit_samples_use_the_ema_weights_and_leave_the_training_weights(tmp_path, tiny_train):
     from tempo_cli.datasets import open_source
     from tempo_cli.pipeline import Progress
     from tempo_cli.trainer import Trainer
     from tempo_cli.video import read_video
 
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    (presets / "tiny-train.yaml").write_text(TINY_TRAIN)
-    monkeypatch.setenv("TEMPO_PRESETS", str(presets))
     preset = load_preset("tiny-train")
     trainer = Trainer(preset, tmp_path / "run", open_source("toyworld:3", preset), device=torch.device("cpu"),
                       progress=Progress())
@@ -323,13 +324,9 @@ def test_dit_samples_use_the_ema_weights_and_leave_the_training_weights(tmp_path
     assert np.array_equal(plain, read_video(trainer.write_sample("stage1", 3))[0])  # the same weights again
 
 
-def test_init_starts_a_new_run_from_the_matching_networks_of_a_trained_preset(tmp_path, monkeypatch, capsys):
+def test_init_starts_a_new_run_from_the_matching_networks_of_a_trained_preset(tmp_path, tiny_train, capsys):
     from tempo_cli.runtime import ModelStore
 
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    (presets / "tiny-train.yaml").write_text(TINY_TRAIN)
-    monkeypatch.setenv("TEMPO_PRESETS", str(presets))
     out = tmp_path / "run"
     args = ["train", "--preset", "tiny-train", "--set", "dit.ffn_dim=64", "--data", "toyworld:3", "--out", str(out),
             "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1"]
