@@ -29,11 +29,19 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 4 * sixth, 2 * sixth, 2 * sixth
 
 
+PREDICTIONS = ("velocity", "sample")
+
+
 @dataclass(frozen=True)
 class DiTConfig:
     """The Wan2.1/2.2 diffusion transformer (``WanModel``) as TempoMaster uses it.
 
     ``in_dim`` = noisy latent channels + 4 mask channels + condition latent channels (36 in the release).
+    ``prediction``: what the network's head outputs. ``velocity`` (the release) is the flow-matching velocity
+    itself; ``sample`` is the clean latent, turned into the velocity ``(z_t - x0) / t`` before it leaves the
+    model, so sampling and the velocity loss are the same either way. A head narrower than a patch's values
+    (a toy model's 4x4 patches of 16 channels: 256 values) cannot pass the noise through to the velocity, and
+    learns far faster predicting the clean latent, whose patches are simple (as JiT found for large patches).
     """
 
     dim: int
@@ -46,9 +54,12 @@ class DiTConfig:
     num_layers: int
     eps: float = 1e-6
     patch_size: tuple[int, int, int] = (1, 2, 2)
+    prediction: str = "velocity"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"DiTConfig.prediction {self.prediction!r} is not one of {', '.join(PREDICTIONS)}")
         _positive("DiTConfig", dim=self.dim, in_dim=self.in_dim, ffn_dim=self.ffn_dim,
                   freq_dim=self.freq_dim, text_dim=self.text_dim, out_dim=self.out_dim,
                   num_heads=self.num_heads, num_layers=self.num_layers, eps=self.eps)

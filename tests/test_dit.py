@@ -110,7 +110,8 @@ def test_rope_angles_layout():
 def test_official_config_matches_manifest_on_meta(reference):
     manifest = json.loads((reference / "checkpoint_manifest.json").read_text())
     official = manifest["dit_config"]
-    for field in DiTConfig.__dataclass_fields__:
+    assert TEMPOMASTER_14B_DIT.prediction == "velocity"  # the release's head outputs the velocity itself
+    for field in set(DiTConfig.__dataclass_fields__) - {"prediction"}:
         expected = official[field]
         assert list(getattr(TEMPOMASTER_14B_DIT, field)) == expected if field == "patch_size" else \
             getattr(TEMPOMASTER_14B_DIT, field) == expected, field
@@ -140,3 +141,27 @@ def test_invalid_configs_explain_themselves(change, words):
 def test_unknown_config_key_is_named():
     with pytest.raises(ConfigError, match="'heads'"):
         config_from_dict(DiTConfig, dict(heads=3))
+
+
+def test_a_sample_predicting_head_is_turned_into_the_velocity():
+    """prediction "sample": the same network, its head read as the clean latent x0, returns (z_t - x0) / t."""
+    import dataclasses
+
+    from tempo_cli.models.dit import SAMPLE_MIN_T
+    from tempo_cli.presets import load_preset
+
+    config = load_preset("tiny-random").dit
+    torch.manual_seed(0)
+    velocity_model = MultiMaskDiT(config)
+    sample_model = MultiMaskDiT(dataclasses.replace(config, prediction="sample"))
+    sample_model.load_state_dict(velocity_model.state_dict())
+    x, y = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 20, 2, 4, 4)
+    ctx, pos = torch.randn(2, 3, config.text_dim), torch.tensor([[0, 4], [2, 6]])
+    steps = torch.tensor([600.0, 10.0])
+    with torch.no_grad():
+        head = velocity_model(x, steps, ctx, y, pos)  # what the shared weights' head gives
+        velocity = sample_model(x, steps, ctx, y, pos)
+    t = torch.tensor([0.6, SAMPLE_MIN_T]).view(2, 1, 1, 1, 1)  # 10/1000 is below the floor
+    torch.testing.assert_close(velocity, (x - head) / t, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="prediction"):
+        dataclasses.replace(config, prediction="epsilon")

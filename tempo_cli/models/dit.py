@@ -21,6 +21,7 @@ from tempo_cli.config import DiTConfig, rope_split
 from tempo_cli.models.attention import attention
 
 ROPE_THETA = 10000.0
+SAMPLE_MIN_T = 0.05  # prediction "sample": the velocity divides by t, never by less than this
 
 
 def timestep_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
@@ -210,7 +211,8 @@ class MultiMaskDiT(nn.Module):
         x: ``[B, out_dim, F, H, W]`` noisy latents; timestep: ``[B]`` or ``[1]`` in [0, 1000];
         context: ``[B|1, L, text_dim]`` prompt embeddings; y: ``[B, in_dim - out_dim, F, H, W]`` =
         [4 mask channels, condition latents]; frame_positions: ``[B|1, F]`` temporal RoPE index of each
-        latent frame. Returns ``[B, out_dim, F, H, W]`` in x's dtype.
+        latent frame. Returns ``[B, out_dim, F, H, W]`` in x's dtype: the velocity, also when the head predicts
+        the clean latent (``config.prediction == "sample"``).
         """
         cfg = self.config
         b, _, f, h, w = x.shape
@@ -232,5 +234,8 @@ class MultiMaskDiT(nn.Module):
         rotation = torch.polar(torch.ones_like(angles), angles)  # complex64
         for block in self.blocks:
             tokens = block(tokens, context, t_mod, rotation)
-        out = self.head(tokens, t)
-        return self.unpatchify(out, grid).to(x.dtype)
+        out = self.unpatchify(self.head(tokens, t), grid)
+        if cfg.prediction == "sample":  # the head gave the clean latent: v = (z_t - x0) / t
+            noise_level = (timestep.to(x.device).float() / 1000).clamp_min(SAMPLE_MIN_T).reshape(-1, 1, 1, 1, 1)
+            out = (x.float() - out.float()) / noise_level
+        return out.to(x.dtype)
