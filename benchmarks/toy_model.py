@@ -46,11 +46,12 @@ def adherence_table(session, count: int) -> None:
         j = adherence(frames, prompt)
         judged.append(j)
         print(f"  {prompt:62s} found {j.found:4.2f} colour {j.colour_share:4.2f} shape {j.shape_share:4.2f} "
-              f"motion {j.shown_motion}{'' if j.motion_ok else ' (wrong)'}")
+              f"motion {j.shown_motion}{'' if j.motion_ok else ' (wrong)'} jumps {j.jump_share:4.2f}")
     figures = adherence_summary(judged)
     print(f"colour: {figures['colour']:.3f} of frames (worst prompt {figures['worst colour']:.2f}); shape: "
           f"{figures['shape']:.3f} of prompts; motion: {figures['motion']:.3f} of {figures['moving']} moving prompts, "
-          f"{np.mean([j.motion_ok for j in judged]):.3f} of all")
+          f"{np.mean([j.motion_ok for j in judged]):.3f} of all; jumps between {figures['jumps']:.3f} of neighbouring "
+          f"frames")
 
 
 def long_videos(session) -> None:

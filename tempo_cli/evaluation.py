@@ -80,6 +80,8 @@ class Adherence:
     colour_share: float  # share of frames whose main object has the prompted colour (nearest named colour)
     shape_share: float  # share of frames whose main object has the prompted shape
     shown_motion: str  # the motion the main object's track shows
+    jump_share: float  # share of neighbouring frames (both with an object) between which it moves faster than
+    # anything in the world can: jumps to another place, the sign of frames generated without regard to each other
 
     @property
     def shape_ok(self) -> bool:
@@ -91,8 +93,9 @@ class Adherence:
         return self.shown_motion == self.motion
 
 
-def adherence(frames: np.ndarray, prompt: str) -> Adherence:
-    """Judge uint8 frames ``[T, H, W, 3]`` against a toy-world prompt (its first object and its background)."""
+def adherence(frames: np.ndarray, prompt: str, fps: float = 6.0) -> Adherence:
+    """Judge uint8 frames ``[T, H, W, 3]`` at ``fps`` (a blueprint's, by default) against a toy-world prompt (its
+    first object and its background)."""
     things, background = parse_caption(prompt)
     colour, shape, motion = things[0]
     main = track(frames, background).main
@@ -101,19 +104,24 @@ def adherence(frames: np.ndarray, prompt: str) -> Adherence:
     colour_share = sum(nearest_colour(m.mean_rgb) == colour for m in found) / count
     shape_share = sum(classify_shape(m) == shape for m in found) / count
     shown = motion_direction([m.centre for m in found]) if len(found) >= 2 else "standing still"
-    return Adherence(prompt, colour, shape, motion, count, len(found) / count, colour_share, shape_share, shown)
+    limit = max(max_speed(m) for m in MOTIONS) * frames.shape[1] / WORLD / fps + JITTER
+    moves = [math.dist(a.centre, b.centre) for a, b in zip(main, main[1:]) if a is not None and b is not None]
+    jump_share = sum(move > limit for move in moves) / len(moves) if moves else 0.0
+    return Adherence(prompt, colour, shape, motion, count, len(found) / count, colour_share, shape_share, shown,
+                     jump_share)
 
 
 def adherence_summary(judged: Sequence[Adherence]) -> dict[str, float]:
     """The figures of many prompts' adherence: mean share of frames with the prompted colour ("colour"), the
-    worst prompt's share ("worst colour"), share of prompts whose shape most frames show ("shape"), and share of
-    the moving prompts that move the prompted way ("motion"; "moving" counts them)."""
+    worst prompt's share ("worst colour"), share of prompts whose shape most frames show ("shape"), share of
+    the moving prompts that move the prompted way ("motion"; "moving" counts them), and mean share of
+    neighbouring frames the main object jumps between ("jumps")."""
     moving = [j for j in judged if j.motion != "standing still"]
     return {"colour": float(np.mean([j.colour_share for j in judged])),
             "worst colour": min(j.colour_share for j in judged),
             "shape": float(np.mean([j.shape_ok for j in judged])),
             "motion": float(np.mean([j.motion_ok for j in moving])) if moving else float("nan"),
-            "moving": len(moving)}
+            "moving": len(moving), "jumps": float(np.mean([j.jump_share for j in judged]))}
 
 
 @dataclass(frozen=True)

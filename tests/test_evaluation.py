@@ -23,6 +23,15 @@ def test_a_render_follows_its_caption(prompt):
     assert judged.found == 1 and judged.colour_share == 1
     assert judged.shape_ok and judged.shape_share >= 0.9
     assert judged.motion_ok, judged.shown_motion
+    assert judged.jump_share == 0
+
+
+def test_adherence_counts_the_jumps_of_frames_made_apart():
+    frames = render(scene_from_caption(PROMPTS[0], seed=3), 31, fps=FPS / 4)  # a red ball moving left
+    shuffled = frames[np.random.default_rng(0).permutation(31)]
+    assert adherence(shuffled, PROMPTS[0]).jump_share > 0.5
+    at_24 = render(scene_from_caption(PROMPTS[5], seed=3), 31)  # circling: fast, yet within the world's limits
+    assert adherence(at_24, PROMPTS[5], fps=FPS).jump_share == 0
 
 
 def test_adherence_notices_the_wrong_colour_shape_and_motion():
@@ -40,7 +49,7 @@ def test_adherence_summary_counts_moving_prompts_apart():
     wrong = adherence(frames, "a blue square moving right on a black background")
     still = adherence(frames, "a red ball standing still on a black background")  # moves: wrong, not counted
     figures = adherence_summary([right, wrong, still])
-    assert figures == {"colour": 2 / 3, "worst colour": 0.0, "shape": 2 / 3, "motion": 0.5, "moving": 2}
+    assert figures == {"colour": 2 / 3, "worst colour": 0.0, "shape": 2 / 3, "motion": 0.5, "moving": 2, "jumps": 0.0}
 
 
 def test_a_long_render_is_consistent():
