@@ -201,17 +201,24 @@ class VideoConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Denoising per level (coarse to fine): Euler steps, schedule shift, and guidance."""
+    """Denoising per level (coarse to fine): Euler steps, schedule shift, guidance, and how much of the initial
+    noise the latent frames of a chunk share (``noise_correlation``; () or 0: none, as in training)."""
 
     steps: tuple[int, ...]
     shift: tuple[float, ...]
     guidance: str = "apg"
     guidance_scale: float = 8.0
     negative_prompt: str = ""
+    noise_correlation: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
         object.__setattr__(self, "shift", tuple(float(s) for s in self.shift))
+        object.__setattr__(self, "noise_correlation", tuple(float(c) for c in self.noise_correlation))
+        if self.noise_correlation and (len(self.noise_correlation) != len(self.steps)
+                                       or not all(0 <= c < 1 for c in self.noise_correlation)):
+            raise ConfigError(f"sampler.noise_correlation needs one value in [0, 1) per level, got "
+                              f"{list(self.noise_correlation)}")
         if not self.steps or min(self.steps) < 1:
             raise ConfigError(f"sampler.steps must be positive, got {list(self.steps)}")
         if len(self.shift) != len(self.steps) or min(self.shift) <= 0:

@@ -45,6 +45,7 @@ class LevelSampling:
     shift: float
     guidance: str  # "apg" | "cfg" | "none"
     guidance_scale: float
+    noise_correlation: float = 0.0
 
     @classmethod
     def for_level(cls, preset: Preset, interval: int, steps: int | None = None) -> "LevelSampling":
@@ -54,7 +55,7 @@ class LevelSampling:
         index = next((i for i, s in enumerate(intervals) if s <= interval), len(intervals) - 1)
         sampler = preset.sampler
         return cls(steps if steps is not None else sampler.steps[index], sampler.shift[index], sampler.guidance,
-                   sampler.guidance_scale)
+                   sampler.guidance_scale, sampler.noise_correlation[index] if sampler.noise_correlation else 0.0)
 
     @property
     def guided(self) -> bool:
@@ -123,7 +124,9 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
         for members in batches:
             y = torch.stack([conditions[i] for i in members]).to(device, dtype)  # [b, 4+z, F, h, w]
             z_shape = (y.shape[1] - 4, *y.shape[2:])
-            z = torch.stack([sampling.initial_noise(z_shape, seed, level.interval, i) for i in members]).to(device)
+            z = torch.stack([sampling.initial_noise(z_shape, seed, level.interval, i,
+                                                    correlation=settings.noise_correlation)
+                             for i in members]).to(device)
             rope = torch.tensor([level.chunks[i].rope for i in members], device=device)
             state = None
             for step in range(settings.steps):

@@ -221,7 +221,16 @@ def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> Preset:
     path = _locate(str(name_or_path))
     data = apply_overrides(_resolve(path), overrides)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
-    return _build(path.stem, data, source, folder=path.resolve().parent)
+    return _build(path.stem, data, source, folder=_weights_folder(path))
+
+
+def _weights_folder(path: Path) -> Path:
+    """The folder of the nearest file in ``path``'s extends chain (itself first) with a ``weights`` section:
+    weight files are looked for beside the preset that names them, so one extending ``toy`` finds toy's."""
+    data = _read(path)
+    if "weights" in data or "extends" not in data:
+        return path.resolve().parent
+    return _weights_folder(_locate(data["extends"], near=path))  # _resolve has ruled out cycles
 
 
 def resolved_dict(preset: Preset) -> dict[str, Any]:

@@ -146,12 +146,20 @@ def initial_noise(
     chunk: int,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    correlation: float = 0.0,
 ) -> Tensor:
-    """Standard normal noise of ``shape`` from the (seed, level, chunk) stream.
+    """Standard normal noise of ``shape`` ``[C, F, H, W]`` from the (seed, level, chunk) stream.
 
-    Drawn in float32 on a private CPU generator, so it is the same on every device and leaves the global
-    RNG alone; then moved to ``device`` and cast to ``dtype``.
+    ``correlation``: the share of each value's variance that all latent frames (dim 1) have in common,
+    ``sqrt(c) * shared + sqrt(1 - c) * own``; every frame's noise stays standard normal. 0 (independent frames,
+    as in training) draws exactly the plain stream. Drawn in float32 on a private CPU generator, so it is the
+    same on every device and leaves the global RNG alone; then moved to ``device`` and cast to ``dtype``.
     """
+    if not 0 <= correlation < 1:
+        raise ConfigError(f"noise correlation must be in [0, 1), got {correlation!r}")
     generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, level, chunk))
     noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    if correlation:
+        shared = torch.randn((shape[0], 1, *shape[2:]), generator=generator, dtype=torch.float32)
+        noise = math.sqrt(correlation) * shared + math.sqrt(1 - correlation) * noise
     return noise.to(device=device, dtype=dtype)

@@ -108,6 +108,17 @@ def test_a_preset_folder_can_shadow_a_shipped_preset_by_extending_it(tmp_path: P
     assert load_preset("tiny-random").sampler.steps == (1, 1, 1)
 
 
+def test_weights_are_found_beside_the_preset_that_names_them(tmp_path: Path) -> None:
+    """A preset extending the shipped toy model elsewhere uses its weights; one naming its own looks beside itself."""
+    tuned = load_preset(str(write(tmp_path / "tuned.yaml", "extends: toy\nsampler:\n  guidance_scale: 2.0\n")))
+    assert find_weights(tuned) == find_weights(load_preset("toy"))
+    assert find_weights(tuned)["dit"].parent == ROOT / "presets" / "toy"
+    own = write(tmp_path / "own.yaml", "extends: toy\nweights: {dit: d.st, vae: v.st, text_encoder: t.st}\n")
+    for name in ("d.st", "v.st", "t.st"):
+        write(tmp_path / name, "")
+    assert find_weights(load_preset(str(own)))["dit"] == tmp_path / "d.st"
+
+
 def test_tempo_presets_folders_are_searched_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     write(first / "mine.yml", "extends: tiny-random\n")

@@ -160,3 +160,16 @@ def test_unknown_guidance_names_the_choices():
     with pytest.raises(ConfigError, match="unknown guidance 'pag'") as info:
         guide("pag", z, z, z, 0.5, 5.0)
     assert "cfg" in info.value.hint and "apg" in info.value.hint
+
+
+def test_initial_noise_can_share_part_of_itself_across_latent_frames():
+    plain = initial_noise((4, 6, 8, 8), seed=3, level=4, chunk=0)
+    assert torch.equal(plain, initial_noise((4, 6, 8, 8), 3, 4, 0, correlation=0.0))  # as trained
+    shared = initial_noise((4, 6, 8, 8), seed=3, level=4, chunk=0, correlation=0.8)
+    frames = shared.permute(1, 0, 2, 3).flatten(1)  # [F, C*H*W]
+    corr = torch.corrcoef(frames)[~torch.eye(6, dtype=torch.bool)]
+    assert 0.7 < corr.mean() < 0.9 and 0.8 < shared.std() < 1.2  # each frame is still standard normal
+    plain_corr = torch.corrcoef(plain.permute(1, 0, 2, 3).flatten(1))[~torch.eye(6, dtype=torch.bool)]
+    assert plain_corr.abs().max() < 0.2
+    with pytest.raises(ConfigError):
+        initial_noise((4, 6, 8, 8), 3, 4, 0, correlation=1.0)
