@@ -104,7 +104,7 @@ def adherence(frames: np.ndarray, prompt: str, fps: float = 6.0) -> Adherence:
     colour_share = sum(nearest_colour(m.mean_rgb) == colour for m in found) / count
     shape_share = sum(classify_shape(m) == shape for m in found) / count
     shown = motion_direction([m.centre for m in found]) if len(found) >= 2 else "standing still"
-    limit = max(max_speed(m) for m in MOTIONS) * frames.shape[1] / WORLD / fps + JITTER
+    limit = _move_limit(MOTIONS, fps, frames.shape[1])
     moves = [math.dist(a.centre, b.centre) for a, b in zip(main, main[1:]) if a is not None and b is not None]
     jump_share = sum(move > limit for move in moves) / len(moves) if moves else 0.0
     return Adherence(prompt, colour, shape, motion, count, len(found) / count, colour_share, shape_share, shown,
@@ -162,8 +162,12 @@ def consistency(frames: np.ndarray, fps: float, prompt: str) -> Consistency:
 def jump_limit(prompt: str, fps: float, size: int = WORLD) -> float:
     """The largest move, px, between neighbouring frames at ``fps`` of a ``size`` x ``size`` video of ``prompt``
     that the world allows (its fastest object's speed), plus the found centre's jitter."""
-    things, _ = parse_caption(prompt)
-    return max(max_speed(m) for _, _, m in things) * size / WORLD / fps + JITTER
+    return _move_limit([motion for _, _, motion in parse_caption(prompt)[0]], fps, size)
+
+
+def _move_limit(motions: Sequence[str], fps: float, size: int) -> float:
+    """The largest move, px, between neighbouring frames that the fastest of ``motions`` allows, plus jitter."""
+    return max(max_speed(m) for m in motions) * size / WORLD / fps + JITTER
 
 
 def max_jump(main: Sequence[DetectedObject | None], at: Sequence[int] | None = None) -> float:

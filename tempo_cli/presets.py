@@ -157,18 +157,21 @@ def _merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A file's data with its ``extends`` chain merged in (parents first)."""
+def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
+    """A file's data with its ``extends`` chain merged in (parents first), and the folder of the nearest file in
+    the chain (itself first) with a ``weights`` section: weight files are looked for beside the preset that names
+    them, so one extending ``toy`` finds toy's."""
     if path.resolve() in chain:
         names = " -> ".join(p.stem for p in (*chain, path.resolve()))
         raise ConfigError(f"{path}: extends makes a cycle: {names}", hint="remove one of the extends")
     data = _read(path)
     parent = data.pop("extends", None)
     if parent is None:
-        return data
+        return data, path.resolve().parent
     with _about(str(path)):
         parent_path = _locate(parent, near=path)
-    return _merge(_resolve(parent_path, (*chain, path.resolve())), data)
+    parent_data, folder = _resolve(parent_path, (*chain, path.resolve()))
+    return _merge(parent_data, data), path.resolve().parent if "weights" in data else folder
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -219,18 +222,9 @@ def preset_path(name_or_path: str) -> Path:
 def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> Preset:
     """The preset of a name (see :func:`list_presets`) or a YAML file, with ``--set`` overrides applied."""
     path = _locate(str(name_or_path))
-    data = apply_overrides(_resolve(path), overrides)
+    data, folder = _resolve(path)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
-    return _build(path.stem, data, source, folder=_weights_folder(path))
-
-
-def _weights_folder(path: Path) -> Path:
-    """The folder of the nearest file in ``path``'s extends chain (itself first) with a ``weights`` section:
-    weight files are looked for beside the preset that names them, so one extending ``toy`` finds toy's."""
-    data = _read(path)
-    if "weights" in data or "extends" not in data:
-        return path.resolve().parent
-    return _weights_folder(_locate(data["extends"], near=path))  # _resolve has ruled out cycles
+    return _build(path.stem, apply_overrides(data, overrides), source, folder=folder)
 
 
 def resolved_dict(preset: Preset) -> dict[str, Any]:
