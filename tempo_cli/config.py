@@ -285,13 +285,14 @@ class TrainConfig:
     vae_batch_size: int = 0  # 0: batch_size; clips longer than 9 frames come fewer to a batch (at least 2)
     vae_frames: tuple[int, ...] = (1, 5, 9)  # VAE clip lengths, drawn uniformly (repeat one to draw it more often)
     stage2_levels: tuple[float, ...] = ()  # stage 2: how often each level (coarse to fine) is drawn; (): equally
+    cache_refresh: int = 0  # DiT phases: encode new clips every this many steps (0: one set of clips per round)
 
     def __post_init__(self) -> None:
         _positive("TrainConfig", batch_size=self.batch_size, stage1_lr=self.stage1_lr, stage2_lr=self.stage2_lr,
                   timestep_shift=self.timestep_shift, checkpoint_every=self.checkpoint_every,
                   decoder_lr=self.decoder_lr)
         for name in ("stage1_steps", "stage2_steps", "vae_steps", "warmup_steps", "sample_every", "t_max",
-                     "batch_latent_frames", "vae_batch_size", "decoder_steps"):
+                     "batch_latent_frames", "vae_batch_size", "decoder_steps", "cache_refresh"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.clip_frames < 5 or self.clip_frames % 4 != 1:

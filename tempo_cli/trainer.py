@@ -24,6 +24,8 @@ from tempo_cli.pipeline import Progress
 
 CHECKPOINT = "checkpoint.safetensors"
 CACHE_FORMAT = "2"  # encoded clips: 2 added the latent focus maps
+CLIPS_PER_DRAW = 100_000_000  # clip indices between two draws of a phase's clips (a rank's draw holds < 500_000)
+DRAW_SPAN = 100_000  # draws per extension round
 TIED_ALIAS = "model.encoder.embed_tokens.weight"  # the text encoder's token embedding, also ``model.shared``
 WEIGHT_FILES = {"dit": "dit.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
 
@@ -35,6 +37,7 @@ class RunState:
     done: tuple[str, ...] = ()
     steps: int = 0  # the current phase's length when it is an extension (``more``); 0: the preset's
     round: int = 0  # how many times the current phase was extended: new batches and noise each round
+    rounds: dict = dataclasses.field(default_factory=dict)  # phase -> its extensions so far (they outlive a phase)
     latents_mean: tuple[float, ...] = ()
     latents_std: tuple[float, ...] = ()
 
@@ -237,7 +240,9 @@ class Trainer:
             raise UsageError("--more: the DiT phases were trained on this VAE's latents; extending the VAE would "
                              "change them", hint="train the VAE longer in a new run (train.vae_steps), or its "
                                                  "decoder alone: --phase decoder")
-        self.state = dataclasses.replace(self.state, phase=phase, step=0, steps=more, round=self.state.round + 1,
+        round_ = max(self.state.rounds.get(phase, 0), self.state.round if self.state.phase == phase else 0) + 1
+        self.state = dataclasses.replace(self.state, phase=phase, step=0, steps=more, round=round_,
+                                         rounds={**self.state.rounds, phase: round_},
                                          done=tuple(p for p in self.state.done if p != phase))
         self.progress.log(f"extending {phase} by {more} steps (round {self.state.round})")
 
@@ -322,37 +327,56 @@ class Trainer:
             self.preset = dataclasses.replace(self.preset, vae=vae_config)
             self.vae.config = vae_config
 
-    def _layouts(self, phase: str) -> list[training.ClipLayout]:
+    def _draw(self, step: int) -> tuple[int, int]:
+        """Which set of clips a DiT phase trains on at ``step``: (extension round, refresh), so that every
+        ``--more`` round and, with ``train.cache_refresh``, every that many steps bring clips never seen before."""
+        refresh = self.cfg.cache_refresh
+        return self.state.round, step // refresh if refresh else 0
+
+    def _layouts(self, phase: str, draw: tuple[int, int] = (0, 0)) -> list[training.ClipLayout]:
         """The clip layouts of a phase's cache, drawn from the run's seed (the same on every resume)."""
         intervals = self.preset.video.frame_intervals
-        rng = np.random.default_rng([self.seed, 2 if phase == "stage1" else 3, distributed.rank()])
+        rng = np.random.default_rng([self.seed, 2 if phase == "stage1" else 3, distributed.rank()]
+                                    + (list(draw) if draw != (0, 0) else []))
         if phase == "stage1":
             return [training.stage1_layout(rng, self.cfg, intervals[-1]) for _ in range(self.cache_size)]
         return [training.stage2_layout(rng, self.cfg, intervals) for _ in range(self.cache_size)]
 
-    def prepared(self, phase: str) -> dict[int, training.Prepared]:
+    def prepared(self, phase: str, draw: tuple[int, int] = (0, 0)) -> dict[int, training.Prepared]:
         """The encoded samples of a DiT phase: read from ``out/cache/<phase>-rank<r>.safetensors`` when it was made
         by this VAE from the same data and layout settings, else encoded now and saved there (``tempo train
-        --prepare`` does only this)."""
+        --prepare`` does only this). A later ``draw`` (see :meth:`_draw`) is a new set of clips, in
+        ``<phase>-rank<r>-draw<round>.<refresh>.safetensors``; the draws before it are deleted (the first is kept)."""
         self._set_vae_stats()
         self.vae.eval().requires_grad_(False)
-        path = self.out / "cache" / f"{phase}-rank{distributed.rank()}.safetensors"
+        rank = distributed.rank()
+        suffix = f"-draw{draw[0]}.{draw[1]}" if draw != (0, 0) else ""
+        path = self.out / "cache" / f"{phase}-rank{rank}{suffix}.safetensors"
         layout_fields = ("clip_frames", "max_conditioned", "stage2_multimask", "stage2_levels")
         key = {"format": CACHE_FORMAT, "vae": _encoder_fingerprint(self.vae), "size": str(self.cache_size),
                "seed": str(self.seed), "data": self.source.identity, "intervals": json.dumps(self.preset.video.frame_intervals),
-               "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields})}
+               "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields}), "draw": json.dumps(draw)}
+        for old in path.parent.glob(f"{phase}-rank{rank}-draw*.safetensors") if suffix else ():
+            if old != path:
+                old.unlink()
         if path.is_file():
             from safetensors import safe_open
 
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata()
-            if all(meta.get(k) == v for k, v in key.items()):
+            if all(meta.get(k, json.dumps((0, 0)) if k == "draw" else None) == v for k, v in key.items()):
                 self.progress.log(f"{phase}: using the {self.cache_size} encoded clips in {path}")
                 return _read_cache(path, json.loads(meta["captions"]))
-        offset = (distributed.rank() + 1) * 1_000_000 + (0 if phase == "stage1" else 500_000)
+        if draw[1] >= DRAW_SPAN:
+            raise UsageError(f"train.cache_refresh {self.cfg.cache_refresh} draws more than {DRAW_SPAN} sets of clips "
+                             "in one round", hint="refresh less often")
+        if draw != (0, 0):
+            self.progress.log(f"{phase}: {self.cache_size} new clips ({suffix[1:]})")
+        offset = ((rank + 1) * 1_000_000 + (0 if phase == "stage1" else 500_000)
+                  + CLIPS_PER_DRAW * (draw[0] * DRAW_SPAN + draw[1]))
         with self.progress.task(f"{phase}: encoding {self.cache_size} clips", self.cache_size) as advance, \
                 torch.autocast(self.device.type, dtype=torch.bfloat16):
-            data = training.prepare(self.source, self.vae, self._layouts(phase), offset, advance)
+            data = training.prepare(self.source, self.vae, self._layouts(phase, draw), offset, advance)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{n}.{name}": getattr(g, name) for n, g in data.items()
                    for name in ("targets", "conditions", "intervals", "focus")}
@@ -362,19 +386,26 @@ class Trainer:
     def _train_dit(self, phase: str, steps: int, lr: float, resume) -> None:
         from tempo_cli.models.text_encoder import encode_prompts
 
-        data = self.prepared(phase)
-        batch_rng = np.random.default_rng([self.seed, 4, distributed.rank(), self.state.step]
-                                          + ([self.state.round] if self.state.round else []))
+        current: dict = {}  # the draw of clips trained on now, and its batches
+
+        def next_batch(i: int):
+            draw = self._draw(i)
+            if current.get("draw") != draw:
+                current.clear()  # the old draw's tensors go before the new draw's are encoded
+                batch_rng = np.random.default_rng([self.seed, 4, distributed.rank(), i]
+                                                  + ([self.state.round] if self.state.round else []))
+                current.update(draw=draw, stream=training.batches(self.prepared(phase, draw), self.cfg, batch_rng))
+            return next(current["stream"])
+
         torch_rng = torch.Generator().manual_seed(self.seed * 7919 + distributed.rank() + self.state.step
                                                   + 1_000_003 * self.state.round)
-        stream = training.batches(data, self.cfg, batch_rng)
         named = {f"dit.{k}": p for k, p in self.dit.named_parameters()}
         if self.cfg.text_encoder_lr > 0:
             named.update({f"text_encoder.{k}": p for k, p in self.text_encoder.named_parameters()})
         text_len = self.preset.text_encoder.text_len
 
         def step(i: int):
-            target, condition, step_intervals, captions, focus = next(stream)
+            target, condition, step_intervals, captions, focus = next_batch(i)
             t = training.sample_timesteps(torch_rng, len(captions), self.cfg.timestep_shift)
             noise = torch.randn(target.shape, generator=torch_rng)
             rope = training.rope_positions(torch_rng, step_intervals, target.shape[2], self.cfg.t_max)

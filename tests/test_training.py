@@ -296,8 +296,35 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys):
     assert changed and all(k.startswith(("decoder.", "conv2.")) for k in changed)
     assert load_preset(str(out / "preset.yaml")).vae.latents_mean == tuple(state["latents_mean"])
     capsys.readouterr()
-    assert main(args[:-1] + ["--phase", "stage2", "--more", "1"]) == 0
-    assert "stage2: using the 8 encoded clips" in capsys.readouterr().err  # the cached latents are still valid
+    assert main(args[:-1] + ["--prepare"]) == 0
+    err = capsys.readouterr().err
+    assert "stage1: using the 8 encoded clips" in err and "stage2: using the 8" in err  # the latents are still valid
+    # each --more round trains on new clips; the first round's are kept, the later rounds' replaced
+    assert sorted(p.name for p in (out / "cache").iterdir()) == [
+        "stage1-rank0.safetensors", "stage2-rank0-draw1.0.safetensors", "stage2-rank0.safetensors"]
+    assert main(args + ["--phase", "stage2", "--more", "1"]) == 0
+    assert sorted(p.name for p in (out / "cache").iterdir()) == [
+        "stage1-rank0.safetensors", "stage2-rank0-draw2.0.safetensors", "stage2-rank0.safetensors"]
+    assert cached_captions(out, "stage2-rank0-draw2.0") != cached_captions(out, "stage2-rank0")
+
+
+def cached_captions(out, name: str) -> list[str]:
+    with safe_open(str(out / "cache" / f"{name}.safetensors"), "pt") as f:
+        return sorted(c for group in json.loads(f.metadata()["captions"]).values() for c in group)
+
+
+def test_cache_refresh_brings_new_clips_every_so_many_steps(tmp_path, tiny_train, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny-train", "--data", "toyworld:3", "--out", str(out), "--cache", "6",
+            "--init", "tiny-random", "--phase", "stage2", "--set", "train.stage2_steps=5",
+            "--set", "train.cache_refresh=2"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "stage2: 6 new clips (draw0.1)" in err and "stage2: 6 new clips (draw0.2)" in err  # at steps 2 and 4
+    # the first draw stays (a later run may reuse it), the last is kept for a resume, those between are deleted
+    assert sorted(p.name for p in (out / "cache").iterdir()) == ["stage2-rank0-draw0.2.safetensors",
+                                                                 "stage2-rank0.safetensors"]
+    assert cached_captions(out, "stage2-rank0-draw0.2") != cached_captions(out, "stage2-rank0")
 
 
 def load_file_tensors(path):
