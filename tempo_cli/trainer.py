@@ -177,7 +177,8 @@ class Trainer:
         store = ModelStore(trained, self.device, torch.float32)
         stats = {"latents_mean": trained.vae.latents_mean, "latents_std": trained.vae.latents_std}
         same = {"vae": dataclasses.replace(self.preset.vae, **stats) == trained.vae,
-                "dit": self.preset.dit == trained.dit,
+                # the same tensors whatever the head is trained to predict: a new target is learnt on from them
+                "dit": self.preset.dit == dataclasses.replace(trained.dit, prediction=self.preset.dit.prediction),
                 "text_encoder": (self.preset.text_encoder == trained.text_encoder
                                  and self.preset.weights.tokenizer == trained.weights.tokenizer)}
         taken = [name for name in ("vae", "text_encoder", "dit") if same[name]]
@@ -188,8 +189,11 @@ class Trainer:
             self.state = dataclasses.replace(self.state, done=("vae",), latents_mean=stats["latents_mean"],
                                              latents_std=stats["latents_std"])
             self._set_vae_stats()
+        switched = "dit" in taken and self.preset.dit.prediction != trained.dit.prediction
         self.progress.log(f"starting from {trained.name}'s {', '.join(taken) or 'nothing (no network matches)'}"
-                          + (" (the VAE phase counts as done)" if "vae" in taken else ""))
+                          + (" (the VAE phase counts as done)" if "vae" in taken else "")
+                          + (f"; its DiT predicted the {trained.dit.prediction}, this one learns to predict the "
+                             f"{self.preset.dit.prediction}" if switched else ""))
         distributed.barrier()  # every rank has looked for an earlier run before rank 0 writes this one
         self.save_checkpoint()
         return taken

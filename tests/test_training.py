@@ -368,3 +368,20 @@ def test_init_starts_a_new_run_from_the_matching_networks_of_a_trained_preset(tm
     assert all(torch.equal(exported[k], v) for k, v in trained.vae().state_dict().items())  # taken as it was
     assert main(args + ["--init", "tiny-random"]) == 2  # a run is there already
     assert "--init starts a new run" in capsys.readouterr().err
+
+
+def test_init_takes_a_dit_over_to_a_new_prediction_target(tmp_path, tiny_train, capsys):
+    from tempo_cli.runtime import ModelStore
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny-train", "--set", "dit.prediction=sample", "--data", "toyworld:3",
+                 "--out", str(out), "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1",
+                 "--set", "train.stage1_lr=1e-9", "--init", "tiny-random"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "starting from tiny-random's vae, text_encoder, dit" in err
+    assert "its DiT predicted the velocity, this one learns to predict the sample" in err
+    trained = load_preset(str(out / "preset.yaml"))
+    assert trained.dit.prediction == "sample"
+    before = ModelStore(load_preset("tiny-random"), torch.device("cpu"), torch.float32).dit().state_dict()
+    after = load_file_tensors(out / "dit.safetensors")
+    assert all(torch.allclose(after[k].float(), v.float(), atol=1e-5) for k, v in before.items())  # lr ~0: as taken
