@@ -359,7 +359,7 @@ class Trainer:
         layout_fields = ("clip_frames", "max_conditioned", "stage2_multimask", "stage2_levels")
         key = {"format": CACHE_FORMAT, "vae": _encoder_fingerprint(self.vae), "size": str(self.cache_size),
                "seed": str(self.seed), "data": self.source.identity, "intervals": json.dumps(self.preset.video.frame_intervals),
-               "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields}), "draw": json.dumps(draw)}
+               "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields})}  # the draw is in the name
         for old in path.parent.glob(f"{phase}-rank{rank}-draw*.safetensors") if suffix else ():
             if old != path:
                 old.unlink()
@@ -368,7 +368,7 @@ class Trainer:
 
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata()
-            if all(meta.get(k, json.dumps((0, 0)) if k == "draw" else None) == v for k, v in key.items()):
+            if all(meta.get(k) == v for k, v in key.items()):
                 self.progress.log(f"{phase}: using the {self.cache_size} encoded clips in {path}")
                 return _read_cache(path, json.loads(meta["captions"]))
         if draw[1] >= DRAW_SPAN:
