@@ -22,7 +22,8 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a preset value, e.g. "
                                                      "--set sampler.steps=[20,10,10]. Repeatable.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Folder with the preset's weight files "
-                                                    "(else $TEMPO_WEIGHTS, else the preset's cache folder).")]
+                                                    "(files it lacks: from $TEMPO_WEIGHTS, the preset's own folder, "
+                                                    "then its cache folder).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N (default: CUDA if present).")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA and "
                                                  "on CPUs with native bf16, else fp32).")]

@@ -271,29 +271,39 @@ def find_weights(preset: Preset, weights_dir: str | Path | None = None) -> dict[
     """The preset's weight files (keys among dit, vae, text_encoder, tokenizer; the tokenizer is a folder).
 
     Looked for in ``weights_dir``, then ``$TEMPO_WEIGHTS``, then the preset file's own folder (where shipped and
-    trained presets keep their weights), then :func:`cache_dir`; in each, directly and under :data:`WEIGHT_SUBDIRS`. Random-weight presets need no model files, and built-in tokenizers no folder.
-    Anything missing raises one CheckpointError naming every missing file and every place looked.
+    trained presets keep their weights), then :func:`cache_dir`; in each, directly and under
+    :data:`WEIGHT_SUBDIRS`. The two folders a user names hold the files themselves, so there a name with a folder
+    part (the shipped ``toy/dit.safetensors``) is also looked for by its file name alone. Files ``weights_dir``
+    lacks come from the later places, but a ``weights_dir`` with none of them is an error, not a silent fallback.
+    Random-weight presets need no model files, and built-in tokenizers no folder. Anything missing raises one
+    CheckpointError naming every missing file and every place looked.
     """
-    roots = [(Path(weights_dir).expanduser(), "--weights")] if weights_dir is not None else []
+    named = [(Path(weights_dir).expanduser(), "--weights")] if weights_dir is not None else []
     if env := os.environ.get("TEMPO_WEIGHTS"):
-        roots.append((Path(env).expanduser(), "TEMPO_WEIGHTS"))
-    if preset.folder:
-        roots.append((Path(preset.folder), "the preset's folder"))
-    roots.append((cache_dir(preset.name), "cache"))
+        named.append((Path(env).expanduser(), "TEMPO_WEIGHTS"))
+    own = [(Path(preset.folder), "the preset's folder")] if preset.folder else []
+    roots = named + own + [(cache_dir(preset.name), "cache")]
     w = preset.weights
     wanted = {k: getattr(w, k) for k in WEIGHT_KEYS if k == "tokenizer" or not w.is_random}
     wanted = {k: name for k, name in wanted.items() if name and not name.startswith(BUILTIN_PREFIX)}
     found: dict[str, Path] = {}
     for key, name in wanted.items():
         exists = Path.is_dir if key == "tokenizer" else Path.is_file
-        hits = [root / sub / name for root, _ in roots for sub in WEIGHT_SUBDIRS if exists(root / sub / name)]
+        names = {root: [name, Path(name).name] if (root, label) in named else [name] for root, label in roots}
+        hits = [root / sub / candidate for root, _ in roots for candidate in names[root] for sub in WEIGHT_SUBDIRS
+                if exists(root / sub / candidate)]
         if hits:
             found[key] = hits[0]
+    layouts = ", ".join(s + "/" for s in WEIGHT_SUBDIRS if s)
     if missing := [name for key, name in wanted.items() if key not in found]:
         places = "\n".join(f"  {root} ({label}{'' if root.is_dir() else ', does not exist'})" for root, label in roots)
         raise CheckpointError(
             f"preset {preset.name!r} is missing {len(missing)} weight file(s): {', '.join(missing)}\n"
-            f"looked in each of these folders, directly and under {', '.join(s + '/' for s in WEIGHT_SUBDIRS if s)}:\n"
-            f"{places}",
+            f"looked in each of these folders, directly and under {layouts}:\n{places}",
             hint=f"pass --weights DIR, set TEMPO_WEIGHTS, or put the release's files in {cache_dir(preset.name)}")
+    if weights_dir is not None and wanted and not any(p.is_relative_to(named[0][0]) for p in found.values()):
+        raise CheckpointError(
+            f"--weights {weights_dir} holds none of the weight files of preset "
+            f"{preset.name!r} ({', '.join(wanted.values())}), directly or under {layouts}",
+            hint="point --weights at the folder that holds them (the release's, or a tempo train --out folder)")
     return found

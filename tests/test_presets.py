@@ -267,6 +267,25 @@ def test_missing_weights_name_every_file_and_every_place(tmp_path: Path, monkeyp
     assert str(tmp_path / "cache" / "tempomaster-14b") in info.value.hint
 
 
+def test_weights_folder_holds_the_files_under_their_own_names(tmp_path: Path) -> None:
+    """The shipped toy preset names its files toy/dit.safetensors etc.; a tempo train --out folder holds
+    dit.safetensors itself, and --weights on it must load those, not fall back to the shipped files."""
+    shipped = find_weights(load_preset("toy"))
+    for path in shipped.values():
+        write(tmp_path / "run" / path.name, "weights")
+    assert find_weights(load_preset("toy"), tmp_path / "run") == {
+        key: tmp_path / "run" / path.name for key, path in shipped.items()}
+    (tmp_path / "run" / "vae.safetensors").unlink()  # a partial folder: the rest from the preset's own
+    assert find_weights(load_preset("toy"), tmp_path / "run")["vae"] == shipped["vae"]
+
+
+def test_a_weights_folder_with_none_of_the_files_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds none of the weight files of preset 'toy'") as info:
+        find_weights(load_preset("toy"), tmp_path / "empty")
+    assert "dit.safetensors" in info.value.message and "--weights" in info.value.hint
+
+
 def test_cache_dir_honours_tempo_cache_and_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cache_dir("p") == tmp_path / "xdg-cache" / "tempo" / "p"
     monkeypatch.delenv("XDG_CACHE_HOME")
