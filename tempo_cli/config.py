@@ -268,7 +268,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     warmup_steps: int = 100
-    ema_decay: float = 0.0  # 0: no EMA
+    ema_decay: float = 0.0  # 0: no EMA; warmed up as (1 + step) / (10 + step) while that is lower
     vae_steps: int = 0  # 0: the VAE is frozen (the real presets keep the official one)
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6

@@ -279,7 +279,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(list(named.values()), self.cfg.grad_clip)
                 optimizer.step()
                 if ema is not None:
-                    training.ema_update(ema, ema_model, self.cfg.ema_decay)
+                    training.ema_update(ema, ema_model, training.ema_decay_at(self.cfg.ema_decay, self.state.step))
                 self.state = dataclasses.replace(self.state, step=self.state.step + 1)
                 smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
                 advance(1, f"loss {smoothed:.4f}")

@@ -385,3 +385,18 @@ def test_init_takes_a_dit_over_to_a_new_prediction_target(tmp_path, tiny_train, 
     before = ModelStore(load_preset("tiny-random"), torch.device("cpu"), torch.float32).dit().state_dict()
     after = load_file_tensors(out / "dit.safetensors")
     assert all(torch.allclose(after[k].float(), v.float(), atol=1e-5) for k, v in before.items())  # lr ~0: as taken
+
+
+def test_the_ema_warms_up_so_a_random_initialisation_fades_out_of_it():
+    assert training.ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    decays = [training.ema_decay_at(0.999, step) for step in range(20_000)]
+    assert all(a <= b for a, b in zip(decays, decays[1:])) and decays[-1] == 0.999
+    model = torch.nn.Linear(4, 4)
+    ema = {k: v.detach().float().clone() for k, v in model.state_dict().items()}  # the initialisation
+    init = ema["weight"].clone()
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # trained away from it at once, then left there
+    for step in range(1250):
+        training.ema_update(ema, model, training.ema_decay_at(0.999, step))
+    init_share = ((ema["weight"] - 1) / (init - 1)).max().item()  # ema = share * init + (1 - share) * 1
+    assert abs(init_share) < 1e-3  # a plain 0.999 EMA would still hold 0.999 ** 1250 = 29% of it
