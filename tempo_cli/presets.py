@@ -289,8 +289,8 @@ def find_weights(preset: Preset, weights_dir: str | Path | None = None) -> dict[
     found: dict[str, Path] = {}
     for key, name in wanted.items():
         exists = Path.is_dir if key == "tokenizer" else Path.is_file
-        names = {root: [name, Path(name).name] if (root, label) in named else [name] for root, label in roots}
-        hits = [root / sub / candidate for root, _ in roots for candidate in names[root] for sub in WEIGHT_SUBDIRS
+        hits = [root / sub / candidate for i, (root, _) in enumerate(roots)
+                for candidate in ([name, Path(name).name] if i < len(named) else [name]) for sub in WEIGHT_SUBDIRS
                 if exists(root / sub / candidate)]
         if hits:
             found[key] = hits[0]
