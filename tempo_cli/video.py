@@ -68,8 +68,9 @@ def from_uint8_frames(frames: np.ndarray) -> torch.Tensor:
     """uint8 frames ``[T, H, W, 3]`` -> a float32 video ``[3, T, H, W]`` in [-1, 1] on the CPU."""
     import torch
 
-    frames = _as_uint8(frames)
-    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # [3, T, H, W]
+    # converted in numpy: frames may be read-only (an image's pixels), which torch.from_numpy warns about
+    frames = _as_uint8(frames).astype(np.float32)
+    return torch.from_numpy(frames).permute(3, 0, 1, 2) / 127.5 - 1  # [3, T, H, W]
 
 
 def write_video(
