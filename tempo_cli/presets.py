@@ -287,13 +287,15 @@ def find_weights(preset: Preset, weights_dir: str | Path | None = None) -> dict[
     wanted = {k: getattr(w, k) for k in WEIGHT_KEYS if k == "tokenizer" or not w.is_random}
     wanted = {k: name for k, name in wanted.items() if name and not name.startswith(BUILTIN_PREFIX)}
     found: dict[str, Path] = {}
+    from_option = False  # whether weights_dir (roots[0] when given) supplied any file
     for key, name in wanted.items():
         exists = Path.is_dir if key == "tokenizer" else Path.is_file
-        hits = [root / sub / candidate for i, (root, _) in enumerate(roots)
+        hits = [(i, root / sub / candidate) for i, (root, _) in enumerate(roots)
                 for candidate in ([name, Path(name).name] if i < len(named) else [name]) for sub in WEIGHT_SUBDIRS
                 if exists(root / sub / candidate)]
         if hits:
-            found[key] = hits[0]
+            found[key] = hits[0][1]
+            from_option |= weights_dir is not None and hits[0][0] == 0
     layouts = ", ".join(s + "/" for s in WEIGHT_SUBDIRS if s)
     if missing := [name for key, name in wanted.items() if key not in found]:
         places = "\n".join(f"  {root} ({label}{'' if root.is_dir() else ', does not exist'})" for root, label in roots)
@@ -301,7 +303,7 @@ def find_weights(preset: Preset, weights_dir: str | Path | None = None) -> dict[
             f"preset {preset.name!r} is missing {len(missing)} weight file(s): {', '.join(missing)}\n"
             f"looked in each of these folders, directly and under {layouts}:\n{places}",
             hint=f"pass --weights DIR, set TEMPO_WEIGHTS, or put the release's files in {cache_dir(preset.name)}")
-    if weights_dir is not None and wanted and not any(p.is_relative_to(named[0][0]) for p in found.values()):
+    if weights_dir is not None and wanted and not from_option:
         raise CheckpointError(
             f"--weights {weights_dir} holds none of the weight files of preset "
             f"{preset.name!r} ({', '.join(wanted.values())}), directly or under {layouts}",
