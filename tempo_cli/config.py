@@ -164,6 +164,7 @@ class TextEncoderConfig:
 
 
 GUIDANCE_KINDS = ("apg", "cfg", "none")
+NOISE_PRIORS = ("mixed", "progressive")  # how a chunk's initial noise is correlated across latent frames
 
 
 @dataclass(frozen=True)
@@ -198,11 +199,19 @@ class VideoConfig:
     def level_fps(self) -> tuple[float, ...]:
         return tuple(self.fps / i for i in self.frame_intervals)
 
+    def level_index(self, interval: int) -> int:
+        """The level whose settings a frame ``interval`` takes: its own, or for one the preset does not list,
+        the next finer listed level's (the finest for anything finer)."""
+        intervals = self.frame_intervals
+        return next((i for i, s in enumerate(intervals) if s <= interval), len(intervals) - 1)
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Denoising per level (coarse to fine): Euler steps, schedule shift, guidance, and how much of the initial
-    noise the latent frames of a chunk share (``noise_correlation``; () or 0: none, as in training)."""
+    """Denoising per level (coarse to fine): Euler steps, schedule shift, guidance, and how the initial noise of a
+    chunk's latent frames is correlated (``noise_correlation`` per level, () or 0: independent; ``noise_prior``:
+    ``mixed`` or ``progressive``, see :func:`tempo_cli.sampling.correlate_frames`). A model samples best with the
+    noise it was trained on: ``tempo train`` draws its noise with these settings too."""
 
     steps: tuple[int, ...]
     shift: tuple[float, ...]
@@ -210,6 +219,7 @@ class SamplerConfig:
     guidance_scale: float = 8.0
     negative_prompt: str = ""
     noise_correlation: tuple[float, ...] = ()
+    noise_prior: str = "mixed"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
@@ -219,6 +229,8 @@ class SamplerConfig:
                                        or not all(0 <= c < 1 for c in self.noise_correlation)):
             raise ConfigError(f"sampler.noise_correlation needs one value in [0, 1) per level, got "
                               f"{list(self.noise_correlation)}")
+        if self.noise_prior not in NOISE_PRIORS:
+            raise ConfigError(f"sampler.noise_prior must be one of {', '.join(NOISE_PRIORS)}, got {self.noise_prior!r}")
         if not self.steps or min(self.steps) < 1:
             raise ConfigError(f"sampler.steps must be positive, got {list(self.steps)}")
         if len(self.shift) != len(self.steps) or min(self.shift) <= 0:

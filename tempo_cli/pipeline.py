@@ -46,16 +46,16 @@ class LevelSampling:
     guidance: str  # "apg" | "cfg" | "none"
     guidance_scale: float
     noise_correlation: float = 0.0
+    noise_prior: str = "mixed"
 
     @classmethod
     def for_level(cls, preset: Preset, interval: int, steps: int | None = None) -> "LevelSampling":
         """The preset's settings for the level at frame ``interval`` (``steps`` overrides)."""
-        intervals = preset.video.frame_intervals
-        # a level the preset does not list takes the settings of the next finer listed one
-        index = next((i for i, s in enumerate(intervals) if s <= interval), len(intervals) - 1)
+        index = preset.video.level_index(interval)
         sampler = preset.sampler
         return cls(steps if steps is not None else sampler.steps[index], sampler.shift[index], sampler.guidance,
-                   sampler.guidance_scale, sampler.noise_correlation[index] if sampler.noise_correlation else 0.0)
+                   sampler.guidance_scale, sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
+                   sampler.noise_prior)
 
     @property
     def guided(self) -> bool:
@@ -125,7 +125,8 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
             y = torch.stack([conditions[i] for i in members]).to(device, dtype)  # [b, 4+z, F, h, w]
             z_shape = (y.shape[1] - 4, *y.shape[2:])
             z = torch.stack([sampling.initial_noise(z_shape, seed, level.interval, i,
-                                                    correlation=settings.noise_correlation)
+                                                    correlation=settings.noise_correlation,
+                                                    prior=settings.noise_prior)
                              for i in members]).to(device)
             rope = torch.tensor([level.chunks[i].rope for i in members], device=device)
             state = None

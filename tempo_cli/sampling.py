@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tempo_cli.config import NOISE_PRIORS
 from tempo_cli.errors import ConfigError
 
 GUIDANCE_KINDS = ("cfg", "apg")
@@ -139,6 +140,35 @@ def noise_seed(seed: int, level: int, chunk: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+def correlate_frames(noise: Tensor, correlation: float | Tensor, prior: str = "mixed",
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Correlate independent standard normal ``noise [B, C, F, H, W]`` across its latent frames (dim 2); every
+    value stays standard normal. The two noise priors of PYoCo (Ge et al., 2023):
+
+    - ``mixed``: all frames share a ``c`` share of each value's variance, ``sqrt(c) * shared + sqrt(1 - c) * own``
+      (``shared [B, C, 1, H, W]`` drawn from ``generator`` after ``noise``); any two frames correlate ``c``.
+    - ``progressive``: each frame keeps ``c`` of the one before, ``e_j = c * e_(j-1) + sqrt(1 - c^2) * n_j``
+      (nothing more is drawn); frames k apart correlate ``c^k``, so nothing stays in place over a long chunk.
+
+    ``correlation``: one value, or one per sample ``[B]``, in [0, 1); where it is 0 the noise is returned as is.
+    """
+    if prior not in NOISE_PRIORS:
+        raise ConfigError(f"unknown noise prior {prior!r}", hint=f"use one of {', '.join(NOISE_PRIORS)}")
+    c = torch.as_tensor(correlation, dtype=torch.float32).reshape(-1)
+    if c.numel() not in (1, noise.shape[0]) or not bool(((c >= 0) & (c < 1)).all()):
+        raise ConfigError(f"noise correlation must be in [0, 1), one value or one per sample, got {c.tolist()}")
+    c = c.to(noise.device).reshape(-1, 1, 1, 1, 1).expand(noise.shape[0], 1, 1, 1, 1)
+    if prior == "mixed":
+        shared = torch.randn((noise.shape[0], noise.shape[1], 1, *noise.shape[3:]), generator=generator,
+                             dtype=noise.dtype).to(noise.device)
+        return c.sqrt() * shared + (1 - c).sqrt() * noise
+    keep, fresh = c[:, :, 0], (1 - c[:, :, 0].square()).sqrt()  # [B, 1, 1, 1] against a frame [B, C, H, W]
+    frames = [noise[:, :, 0]]
+    for j in range(1, noise.shape[2]):
+        frames.append(keep * frames[-1] + fresh * noise[:, :, j])
+    return torch.stack(frames, dim=2)
+
+
 def initial_noise(
     shape: tuple[int, ...] | torch.Size,
     seed: int,
@@ -147,19 +177,18 @@ def initial_noise(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     correlation: float = 0.0,
+    prior: str = "mixed",
 ) -> Tensor:
     """Standard normal noise of ``shape`` ``[C, F, H, W]`` from the (seed, level, chunk) stream.
 
-    ``correlation``: the share of each value's variance that all latent frames (dim 1) have in common,
-    ``sqrt(c) * shared + sqrt(1 - c) * own``; every frame's noise stays standard normal. 0 (independent frames,
-    as in training) draws exactly the plain stream. Drawn in float32 on a private CPU generator, so it is the
-    same on every device and leaves the global RNG alone; then moved to ``device`` and cast to ``dtype``.
+    ``correlation`` and ``prior``: how the latent frames (dim 1) are correlated (:func:`correlate_frames`); 0
+    (independent frames) draws exactly the plain stream. Drawn in float32 on a private CPU generator, so it is
+    the same on every device and leaves the global RNG alone; then moved to ``device`` and cast to ``dtype``.
     """
     if not 0 <= correlation < 1:
         raise ConfigError(f"noise correlation must be in [0, 1), got {correlation!r}")
     generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, level, chunk))
     noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
     if correlation:
-        shared = torch.randn((shape[0], 1, *shape[2:]), generator=generator, dtype=torch.float32)
-        noise = math.sqrt(correlation) * shared + math.sqrt(1 - correlation) * noise
+        noise = correlate_frames(noise[None], correlation, prior, generator)[0]
     return noise.to(device=device, dtype=dtype)

@@ -411,7 +411,7 @@ class Trainer:
         def step(i: int):
             target, condition, step_intervals, captions, focus = next_batch(i)
             t = training.sample_timesteps(torch_rng, len(captions), self.cfg.timestep_shift)
-            noise = torch.randn(target.shape, generator=torch_rng)
+            noise = training.training_noise(torch_rng, target.shape, step_intervals, self.preset)
             rope = training.rope_positions(torch_rng, step_intervals, target.shape[2], self.cfg.t_max)
             keep = (torch.rand(len(captions), generator=torch_rng) >= self.cfg.caption_dropout).float()
             weights = (1 + self.cfg.dit_focus * focus).to(self.device) if self.cfg.dit_focus else None

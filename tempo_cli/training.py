@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tempo_cli.conditions import condition_video, pack_mask
 from tempo_cli.config import Preset, TrainConfig
 from tempo_cli.errors import ConfigError
+from tempo_cli.sampling import correlate_frames
 
 
 class VideoSource(Protocol):
@@ -194,6 +195,18 @@ def sample_timesteps(rng: torch.Generator, n: int, shift: float) -> torch.Tensor
     """Flow-matching times in (0, 1) with the schedule's shift: ``shift*u / (1 + (shift-1)*u)``, u ~ U(0, 1)."""
     u = torch.rand(n, generator=rng).clamp(1e-3, 1 - 1e-3)
     return shift * u / (1 + (shift - 1) * u)
+
+
+def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.Tensor, preset: Preset) -> torch.Tensor:
+    """The noise ``z_1 [B, C, F, H, W]`` of a batch whose samples are at frame ``intervals [B]``: standard normal,
+    correlated across latent frames as the preset's sampler will draw it at each sample's level (independent
+    where it sets no ``noise_correlation``)."""
+    noise = torch.randn(tuple(shape), generator=rng)
+    sampler = preset.sampler
+    if not sampler.noise_correlation:
+        return noise
+    correlation = torch.tensor([sampler.noise_correlation[preset.video.level_index(int(s))] for s in intervals])
+    return correlate_frames(noise, correlation, sampler.noise_prior, rng)
 
 
 def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,

@@ -15,6 +15,7 @@ from tempo_cli.sampling import (
     APG_NORM_DIMS,
     apg,
     cfg,
+    correlate_frames,
     euler_step,
     flow_schedule,
     guide,
@@ -173,3 +174,40 @@ def test_initial_noise_can_share_part_of_itself_across_latent_frames():
     assert plain_corr.abs().max() < 0.2
     with pytest.raises(ConfigError):
         initial_noise((4, 6, 8, 8), 3, 4, 0, correlation=1.0)
+
+
+def frame_correlations(noise: torch.Tensor) -> torch.Tensor:
+    """``[B, C, F, H, W]`` -> the correlation matrix of its latent frames ``[F, F]``, over everything else."""
+    return torch.corrcoef(noise.transpose(0, 2).flatten(1))
+
+
+def test_progressive_noise_keeps_a_share_of_each_frame_in_the_next():
+    rng = torch.Generator().manual_seed(0)
+    plain = torch.randn(64, 4, 8, 8, 8, generator=rng)
+    noise = correlate_frames(plain, 0.9, "progressive")
+    corr = frame_correlations(noise)
+    for k in (1, 2, 5):  # frames k apart correlate 0.9^k: nothing stays in place over a long chunk
+        assert torch.diagonal(corr, k).mean().item() == pytest.approx(0.9 ** k, abs=0.03)
+    assert noise.std().item() == pytest.approx(1.0, abs=0.03)  # still standard normal
+    assert torch.equal(noise[:, :, 0], plain[:, :, 0])
+    assert torch.equal(correlate_frames(plain, 0.0, "progressive"), plain)
+
+
+def test_noise_correlation_can_differ_per_sample():
+    plain = torch.randn(8, 4, 6, 8, 8, generator=torch.Generator().manual_seed(1))
+    for prior in ("mixed", "progressive"):
+        noise = correlate_frames(plain, torch.tensor([0.8] * 4 + [0.0] * 4), prior,
+                                 torch.Generator().manual_seed(2))
+        assert torch.allclose(noise[4:], plain[4:])  # 0: independent frames, as drawn
+        assert torch.diagonal(frame_correlations(noise[:4]), 1).mean() > 0.6
+    with pytest.raises(ConfigError, match="unknown noise prior 'pink'"):
+        correlate_frames(plain, 0.5, "pink")
+    with pytest.raises(ConfigError, match="one value or one per sample"):
+        correlate_frames(plain, torch.tensor([0.5, 0.5]), "mixed")
+
+
+def test_initial_noise_follows_the_noise_prior():
+    mixed = initial_noise((4, 12, 8, 8), seed=3, level=4, chunk=0, correlation=0.8)
+    progressive = initial_noise((4, 12, 8, 8), seed=3, level=4, chunk=0, correlation=0.8, prior="progressive")
+    far = (torch.diagonal(frame_correlations(n[None]), 10).mean().item() for n in (mixed, progressive))
+    assert next(far) > 0.6 and next(far) < 0.3  # mixed: every pair shares 0.8; progressive: 0.8^10

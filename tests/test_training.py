@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from tempo_cli.cli import main
 from tempo_cli.config import TrainConfig
+from tempo_cli.errors import ConfigError
 from tempo_cli.models.dit import MultiMaskDiT
 from tempo_cli.presets import load_preset
 from tempo_cli import training
@@ -400,3 +401,18 @@ def test_the_ema_warms_up_so_a_random_initialisation_fades_out_of_it():
         training.ema_update(ema, model, training.ema_decay_at(0.999, step))
     init_share = ((ema["weight"] - 1) / (init - 1)).max().item()  # ema = share * init + (1 - share) * 1
     assert abs(init_share) < 1e-3  # a plain 0.999 EMA would still hold 0.999 ** 1250 = 29% of it
+
+
+def test_training_noise_is_the_noise_each_level_will_be_sampled_with():
+    intervals = torch.tensor([4] * 16 + [1] * 16)  # blueprint samples and finest-level samples
+    plain = load_preset("tiny-random")
+    rng = torch.Generator().manual_seed(0)
+    assert torch.equal(training.training_noise(rng, (32, 4, 6, 4, 4), intervals, plain),
+                       torch.randn(32, 4, 6, 4, 4, generator=torch.Generator().manual_seed(0)))
+    preset = load_preset("tiny-random", ["sampler.noise_prior=progressive", "sampler.noise_correlation=[0.9,0,0]"])
+    noise = training.training_noise(torch.Generator().manual_seed(0), (32, 4, 6, 4, 4), intervals, preset)
+    neighbours = [torch.corrcoef(torch.stack([part[:, :, j].flatten() for j in range(6)])).diagonal(1).mean()
+                  for part in (noise[:16], noise[16:])]
+    assert neighbours[0] > 0.8 and abs(neighbours[1]) < 0.15  # only the blueprint level is correlated
+    with pytest.raises(ConfigError, match="sampler.noise_prior must be one of mixed, progressive"):
+        load_preset("tiny-random", ["sampler.noise_prior=pink"])
