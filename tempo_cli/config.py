@@ -211,7 +211,7 @@ class SamplerConfig:
     """Denoising per level (coarse to fine): Euler steps, schedule shift, guidance, and how the initial noise of a
     chunk's latent frames is correlated (``noise_correlation`` per level, () or 0: independent; ``noise_prior``:
     ``mixed`` or ``progressive``, see :func:`tempo_cli.sampling.correlate_frames`). A model samples best with the
-    noise it was trained on: ``tempo train`` draws its noise with these settings too."""
+    noise it was trained on (``train.noise_correlation`` and ``train.noise_prior``)."""
 
     steps: tuple[int, ...]
     shift: tuple[float, ...]
@@ -298,6 +298,10 @@ class TrainConfig:
     vae_frames: tuple[int, ...] = (1, 5, 9)  # VAE clip lengths, drawn uniformly (repeat one to draw it more often)
     stage2_levels: tuple[float, ...] = ()  # stage 2: how often each level (coarse to fine) is drawn; (): equally
     cache_refresh: int = 0  # DiT phases: encode new clips every this many steps (0: one set of clips per round)
+    # the DiT's training noise per level, correlated across latent frames like sampler.noise_correlation and
+    # sampler.noise_prior (PYoCo trains and samples with the same prior); (): independent frames
+    noise_correlation: tuple[float, ...] = ()
+    noise_prior: str = "mixed"
 
     def __post_init__(self) -> None:
         _positive("TrainConfig", batch_size=self.batch_size, stage1_lr=self.stage1_lr, stage2_lr=self.stage2_lr,
@@ -315,6 +319,11 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"train.{name} is a share of samples in [0, 1], got {getattr(self, name)}")
         object.__setattr__(self, "stage2_levels", tuple(float(w) for w in self.stage2_levels))
+        object.__setattr__(self, "noise_correlation", tuple(float(c) for c in self.noise_correlation))
+        if not all(0 <= c < 1 for c in self.noise_correlation):
+            raise ConfigError(f"train.noise_correlation needs values in [0, 1), got {list(self.noise_correlation)}")
+        if self.noise_prior not in NOISE_PRIORS:
+            raise ConfigError(f"train.noise_prior must be one of {', '.join(NOISE_PRIORS)}, got {self.noise_prior!r}")
         object.__setattr__(self, "vae_frames", tuple(int(n) for n in self.vae_frames))
         if not self.vae_frames or any(n < 1 or n % 4 != 1 for n in self.vae_frames):
             raise ConfigError(f"train.vae_frames must be clip lengths of 4k+1 frames, got {list(self.vae_frames)}")
@@ -358,6 +367,9 @@ class Preset:
         if (self.video.height % (self.vae.spatial_factor * self.dit.patch_size[1])
                 or self.video.width % (self.vae.spatial_factor * self.dit.patch_size[2])):
             raise ConfigError(f"preset {self.name}: video size must be a multiple of the VAE and patch factors")
+        levels = len(self.video.frame_intervals)
+        if self.train and self.train.noise_correlation and len(self.train.noise_correlation) != levels:
+            raise ConfigError(f"preset {self.name}: train.noise_correlation needs one value per level ({levels})")
 
 
 def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") -> T:

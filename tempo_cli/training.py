@@ -199,14 +199,14 @@ def sample_timesteps(rng: torch.Generator, n: int, shift: float) -> torch.Tensor
 
 def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.Tensor, preset: Preset) -> torch.Tensor:
     """The noise ``z_1 [B, C, F, H, W]`` of a batch whose samples are at frame ``intervals [B]``: standard normal,
-    correlated across latent frames as the preset's sampler will draw it at each sample's level (independent
-    where it sets no ``noise_correlation``)."""
+    correlated across latent frames as ``train.noise_correlation`` sets for each sample's level (independent
+    where it sets nothing)."""
     noise = torch.randn(tuple(shape), generator=rng)
-    sampler = preset.sampler
-    if not sampler.noise_correlation:
+    cfg = preset.train
+    if cfg is None or not cfg.noise_correlation:
         return noise
-    correlation = torch.tensor([sampler.noise_correlation[preset.video.level_index(int(s))] for s in intervals])
-    return correlate_frames(noise, correlation, sampler.noise_prior, rng)
+    correlation = torch.tensor([cfg.noise_correlation[preset.video.level_index(int(s))] for s in intervals])
+    return correlate_frames(noise, correlation, cfg.noise_prior, rng)
 
 
 def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,

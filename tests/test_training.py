@@ -403,16 +403,19 @@ def test_the_ema_warms_up_so_a_random_initialisation_fades_out_of_it():
     assert abs(init_share) < 1e-3  # a plain 0.999 EMA would still hold 0.999 ** 1250 = 29% of it
 
 
-def test_training_noise_is_the_noise_each_level_will_be_sampled_with():
+def test_training_noise_is_correlated_as_the_train_section_says_level_by_level(tiny_train):
     intervals = torch.tensor([4] * 16 + [1] * 16)  # blueprint samples and finest-level samples
-    plain = load_preset("tiny-random")
     rng = torch.Generator().manual_seed(0)
-    assert torch.equal(training.training_noise(rng, (32, 4, 6, 4, 4), intervals, plain),
-                       torch.randn(32, 4, 6, 4, 4, generator=torch.Generator().manual_seed(0)))
-    preset = load_preset("tiny-random", ["sampler.noise_prior=progressive", "sampler.noise_correlation=[0.9,0,0]"])
+    sampled_only = load_preset("tiny-train", ["sampler.noise_prior=progressive", "sampler.noise_correlation=[0.9,0,0]"])
+    assert torch.equal(training.training_noise(rng, (32, 4, 6, 4, 4), intervals, sampled_only),
+                       torch.randn(32, 4, 6, 4, 4, generator=torch.Generator().manual_seed(0)))  # the sampler's bias
+    preset = load_preset("tiny-train", ["train.noise_prior=progressive", "train.noise_correlation=[0.9,0,0]"])
     noise = training.training_noise(torch.Generator().manual_seed(0), (32, 4, 6, 4, 4), intervals, preset)
     neighbours = [torch.corrcoef(torch.stack([part[:, :, j].flatten() for j in range(6)])).diagonal(1).mean()
                   for part in (noise[:16], noise[16:])]
     assert neighbours[0] > 0.8 and abs(neighbours[1]) < 0.15  # only the blueprint level is correlated
-    with pytest.raises(ConfigError, match="sampler.noise_prior must be one of mixed, progressive"):
-        load_preset("tiny-random", ["sampler.noise_prior=pink"])
+    for bad, message in (("sampler.noise_prior=pink", "sampler.noise_prior must be one of mixed, progressive"),
+                         ("train.noise_prior=pink", "train.noise_prior must be one of mixed, progressive"),
+                         ("train.noise_correlation=[0.5]", "train.noise_correlation needs one value per level")):
+        with pytest.raises(ConfigError, match=message):
+            load_preset("tiny-train", [bad])
