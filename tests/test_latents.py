@@ -30,7 +30,8 @@ def make_header(**changes) -> LatentHeader:
                           weights_id="sha256:abc", prompt="a cat on a boat", negative_prompt="blurry", seed=7,
                           steps=4, shift=5.0, guidance="cfg", guidance_scale=5.0, fps=12.0, frame_interval=2,
                           frames=17, height=32, width=48, layout="seamless", chunks=CHUNKS,
-                          parent_sha256="0" * 64, levels=[{"frames": 5, "frame_interval": 8}], extra={"note": "é"})
+                          parent_sha256="0" * 64, levels=[{"frames": 5, "frame_interval": 8}], extra={"note": "é"},
+                          created="2026-12-02T16:00:00+00:00")  # fixed: headers made a second apart compare equal
     return replace(header, **changes)
 
 
