@@ -167,6 +167,11 @@ GUIDANCE_KINDS = ("apg", "cfg", "none")
 NOISE_PRIORS = ("mixed", "progressive")  # how a chunk's initial noise is correlated across latent frames
 
 
+def _check_noise_prior(section: str, prior: str) -> None:
+    if prior not in NOISE_PRIORS:
+        raise ConfigError(f"{section}.noise_prior must be one of {', '.join(NOISE_PRIORS)}, got {prior!r}")
+
+
 @dataclass(frozen=True)
 class VideoConfig:
     """The video a preset makes: frame size, the finest frame rate, and the frame-rate levels.
@@ -229,8 +234,7 @@ class SamplerConfig:
                                        or not all(0 <= c < 1 for c in self.noise_correlation)):
             raise ConfigError(f"sampler.noise_correlation needs one value in [0, 1) per level, got "
                               f"{list(self.noise_correlation)}")
-        if self.noise_prior not in NOISE_PRIORS:
-            raise ConfigError(f"sampler.noise_prior must be one of {', '.join(NOISE_PRIORS)}, got {self.noise_prior!r}")
+        _check_noise_prior("sampler", self.noise_prior)
         if not self.steps or min(self.steps) < 1:
             raise ConfigError(f"sampler.steps must be positive, got {list(self.steps)}")
         if len(self.shift) != len(self.steps) or min(self.shift) <= 0:
@@ -322,8 +326,7 @@ class TrainConfig:
         object.__setattr__(self, "noise_correlation", tuple(float(c) for c in self.noise_correlation))
         if not all(0 <= c < 1 for c in self.noise_correlation):
             raise ConfigError(f"train.noise_correlation needs values in [0, 1), got {list(self.noise_correlation)}")
-        if self.noise_prior not in NOISE_PRIORS:
-            raise ConfigError(f"train.noise_prior must be one of {', '.join(NOISE_PRIORS)}, got {self.noise_prior!r}")
+        _check_noise_prior("train", self.noise_prior)
         object.__setattr__(self, "vae_frames", tuple(int(n) for n in self.vae_frames))
         if not self.vae_frames or any(n < 1 or n % 4 != 1 for n in self.vae_frames):
             raise ConfigError(f"train.vae_frames must be clip lengths of 4k+1 frames, got {list(self.vae_frames)}")

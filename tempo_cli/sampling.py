@@ -185,10 +185,8 @@ def initial_noise(
     (independent frames) draws exactly the plain stream. Drawn in float32 on a private CPU generator, so it is
     the same on every device and leaves the global RNG alone; then moved to ``device`` and cast to ``dtype``.
     """
-    if not 0 <= correlation < 1:
-        raise ConfigError(f"noise correlation must be in [0, 1), got {correlation!r}")
     generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, level, chunk))
     noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
-    if correlation:
+    if correlation:  # correlate_frames checks the value and the prior
         noise = correlate_frames(noise[None], correlation, prior, generator)[0]
     return noise.to(device=device, dtype=dtype)
