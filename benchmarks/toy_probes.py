@@ -1,0 +1,119 @@
+"""What a toy model's DiT has learnt, probed apart from its videos (tempo_cli/probes.py); the figures behind the
+README's "What holds it back".
+
+* motion words: blueprints of one seed for prompts that differ only in their motion (left, right, up, down); the
+  mean distance between their object tracks, against the world's for the same start (0 px: the motion word does
+  not change where the object goes);
+* high noise: the velocity loss on 6 fps world clips at noise levels near 1, against predicting just the prompted
+  background, and the share of the loss the model cannot see (its invisible patch directions);
+* temporal reach: how much the velocity at each latent frame changes when the middle latent frame's input changes;
+* invisible directions: how many there are, and how much of the starting noise stays in them in generated
+  latents, against encoded world clips.
+
+    python benchmarks/toy_probes.py [--preset toy] [--seeds 4] [--clips 24] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from stages import blueprint, encode
+from tempo_cli import probes
+from tempo_cli.conditions import condition_latents
+from tempo_cli.evaluation import track
+from tempo_cli.models.text_encoder import encode_prompts
+from tempo_cli.options import open_session
+from tempo_cli.toyworld import BACKGROUNDS, MOTIONS, ObjectSpec, SceneSpec, render, scene_from_caption
+from tempo_cli.training import to_video
+
+DIRECTIONS = ("moving left", "moving right", "moving up", "moving down")
+FRAMES = 33  # 6 fps frames of a blueprint: 9 latent frames
+INTERVAL = 4
+
+
+def motion_words(session, seeds: int) -> None:
+    spreads, world = [], []
+    for seed in range(seeds):
+        prompts = [f"a red square {motion} on a black background" for motion in DIRECTIONS]
+        tracks = [track(encode.run(session, blueprint.run(session, p, fps=6, frames=FRAMES, seed=seed)), "black").main
+                  for p in prompts]
+        spreads.append(probes.track_spread(tracks))
+        start = scene_from_caption(prompts[0], seed=seed).objects[0]
+        moved = [SceneSpec("black", (ObjectSpec("red", "square", m, start.size, (32.0, 32.0), start.speed),))
+                 for m in DIRECTIONS]
+        world.append(probes.track_spread([track(render(s, (FRAMES - 1) * INTERVAL + 1)[::INTERVAL], "black").main
+                                          for s in moved]))
+    print(f"motion words: tracks of one seed for {len(DIRECTIONS)} directions lie {np.mean(spreads):.1f} px apart "
+          f"(seeds: {', '.join(f'{s:.1f}' for s in spreads)}); the world's from one start: {np.mean(world):.1f} px")
+
+
+def world_clips(count: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """``count`` single-object 6 fps clips ``[N, 3, T, H, W]``, their captions and backgrounds."""
+    videos, captions, backgrounds = [], [], []
+    for i in range(count):
+        background = list(BACKGROUNDS)[i % len(BACKGROUNDS)]
+        caption = f"a red ball {MOTIONS[i % len(MOTIONS)]} on a {background} background"
+        clip = render(scene_from_caption(caption, seed=1000 + i), (FRAMES - 1) * INTERVAL + 1)[::INTERVAL]
+        videos.append(to_video(clip))
+        captions.append(caption)
+        backgrounds.append(background)
+    return torch.stack(videos), captions, backgrounds
+
+
+@torch.no_grad()
+def high_noise(session, count: int) -> None:
+    dit, vae = session.store.dit(), session.store.vae()
+    encoder, tokenizer = session.store.text_encoder()
+    dtype = next(dit.parameters()).dtype
+    videos, captions, backgrounds = world_clips(count)
+    plain = torch.stack([torch.tensor(BACKGROUNDS[b], dtype=torch.float32) / 127.5 - 1 for b in backgrounds])
+    x0 = vae.encode(videos.to(dtype)).float()
+    x_bg = vae.encode(plain[:, :, None, None, None].expand_as(videos).contiguous().to(dtype)).float()
+    y = condition_latents(vae, torch.zeros_like(videos).to(dtype), torch.zeros(count, FRAMES, dtype=dtype))
+    context = encode_prompts(encoder, tokenizer, captions).float()
+    rope = (torch.arange(x0.shape[2]) * INTERVAL)[None].expand(count, -1)
+    invisible = probes.invisible_directions(dit)
+    share = len(invisible) / invisible.shape[1] if len(invisible) else 0.0
+    generator = torch.Generator().manual_seed(0)
+    for t in (0.5, 0.9, 0.95, 0.98):
+        noise = torch.randn(x0.shape, generator=generator)
+        z = (1 - t) * x0 + t * noise
+        target = noise - x0
+        velocity = dit(z.to(dtype), torch.full((count,), t * 1000), context.to(dtype), y.float().to(dtype),
+                       rope).float()
+        model = float((velocity - target).square().mean())
+        background = float(((z - x_bg) / t - target).square().mean())
+        print(f"high noise t={t}: velocity loss {model:.3f}; predicting the prompted background {background:.3f}; "
+              f"the model's floor from the noise along its invisible directions about {share:.2f}")
+    reach = probes.temporal_reach(dit, (0.1 * x0 + 0.9 * torch.randn(x0.shape, generator=generator)), 0.9,
+                                  context, y.float(), rope, frame=x0.shape[2] // 2, generator=generator)
+    middle = x0.shape[2] // 2
+    print("temporal reach at t=0.9 (rms velocity change by latent frames from the changed one): "
+          + ", ".join(f"{abs(k - middle)}: {v:.3f}" for k, v in enumerate(reach.tolist()) if k >= middle))
+    print(f"invisible directions: {len(invisible)} of {invisible.shape[1]} per patch; energy in them: encoded world "
+          f"clips {probes.direction_energy(x0, invisible, dit.config.patch_size[1:]):.3f}", end="")
+    made = torch.stack([blueprint.run(session, c, fps=6, frames=FRAMES, seed=i).chunks[0]
+                        for i, c in enumerate(captions[:8])])
+    print(f", generated blueprints {probes.direction_energy(made, invisible, dit.config.patch_size[1:]):.3f}, "
+          f"standard normal noise 1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="toy")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    session = open_session(args.preset, None, None, "cpu", None, quiet=True)
+    motion_words(session, args.seeds)
+    high_noise(session, args.clips)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Probes of a multi-mask DiT: what a (toy) model has learnt, measured on its inputs and outputs rather than on
+its videos. ``benchmarks/toy_probes.py`` prints them for a preset.
+
+* :func:`invisible_directions`: the directions of a noisy-latent patch that the patch embedding maps to (almost)
+  nothing. A DiT narrower than its patches (the toy model's 4x4 patches of 16 channels are 256 values, its width
+  192) cannot see them, so it cannot predict the noise there: an irreducible part of the velocity loss, and the
+  starting noise stays in those directions of every latent it generates (:func:`direction_energy` shows it).
+* :func:`temporal_reach`: how much the velocity at each latent frame changes when one latent frame's input is
+  replaced: how far in time the model looks.
+* :func:`track_spread`: how far apart the object tracks of several videos are; videos of one seed that differ only
+  in the prompt's motion should not share a track.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from tempo_cli.toyworld import DetectedObject
+
+
+def invisible_directions(dit, tolerance: float = 0.05) -> torch.Tensor:
+    """Orthonormal rows ``[k, C*ph*pw]`` spanning the patch directions of the noisy latent (``C`` channels, one
+    latent frame) that the patch embedding scales by less than ``tolerance`` times its largest gain: its null space
+    when a patch has more values than the model's width, and the directions it all but ignores. Patches are flattened
+    channel-major (``c, ph, pw``), as :func:`patch_rows` does. Only ``patch_size[0] == 1`` is supported."""
+    pt, ph, pw = dit.config.patch_size
+    if pt != 1:
+        raise ValueError(f"invisible_directions needs a temporal patch size of 1, got {pt}")
+    channels = dit.config.out_dim
+    weight = dit.patch_embedding.weight.detach().float()[:, :channels].reshape(len(dit.patch_embedding.weight), -1)
+    _, gains, rows = torch.linalg.svd(weight, full_matrices=True)  # rows [C*ph*pw, C*ph*pw]
+    gains = torch.cat([gains, gains.new_zeros(rows.shape[0] - len(gains))])
+    return rows[gains < tolerance * gains.max()]
+
+
+def patch_rows(latents: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """``[B, C, F, H, W]`` -> one row per (frame, patch): ``[B*F*(H/ph)*(W/pw), C*ph*pw]``, channel-major."""
+    ph, pw = patch
+    b, c, f, h, w = latents.shape
+    rows = latents.reshape(b, c, f, h // ph, ph, w // pw, pw)
+    return rows.permute(0, 2, 3, 5, 1, 4, 6).reshape(-1, c * ph * pw)
+
+
+def direction_energy(latents: torch.Tensor, directions: torch.Tensor, patch: tuple[int, int]) -> float:
+    """Mean square of the latents' patches ``[B, C, F, H, W]`` along each of ``directions [k, C*ph*pw]`` (1 for
+    standard normal noise); nan when there are no directions."""
+    if len(directions) == 0:
+        return math.nan
+    return float((patch_rows(latents.float(), patch) @ directions.T.float()).square().mean())
+
+
+@torch.no_grad()
+def temporal_reach(dit, z: torch.Tensor, t: float, context: torch.Tensor, y: torch.Tensor, rope: torch.Tensor,
+                   frame: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The rms change of the velocity at every latent frame ``[F]`` when latent frame ``frame`` of the noisy
+    latents ``z [B, C, F, H, W]`` at noise level ``t`` in (0, 1) is replaced by fresh standard normal noise."""
+    if not 0 <= frame < z.shape[2]:
+        raise ValueError(f"frame {frame} is outside the {z.shape[2]} latent frames")
+    dtype = next(dit.parameters()).dtype
+    changed = z.clone()
+    changed[:, :, frame] = torch.randn(changed[:, :, frame].shape, generator=generator)
+    timestep = torch.full((z.shape[0],), t * 1000.0)
+    before = dit(z.to(dtype), timestep, context.to(dtype), y.to(dtype), rope).float()
+    after = dit(changed.to(dtype), timestep, context.to(dtype), y.to(dtype), rope).float()
+    return (after - before).square().mean(dim=(0, 1, 3, 4)).sqrt()
+
+
+def track_spread(tracks: Sequence[Sequence[DetectedObject | None]]) -> float:
+    """The mean distance, px, between the main objects of every pair of ``tracks`` (per frame, the main object or
+    ``None``) over the frames where both have one; 0 when the tracks coincide. nan when no pair shares a frame."""
+    distances = [math.dist(a.centre, b.centre)
+                 for i, first in enumerate(tracks) for second in tracks[i + 1:]
+                 for a, b in zip(first, second) if a is not None and b is not None]
+    return sum(distances) / len(distances) if distances else math.nan

@@ -1,0 +1,94 @@
+"""The DiT probes of tempo_cli/probes.py on tiny models built in code."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tempo_cli import probes
+from tempo_cli.config import DiTConfig
+from tempo_cli.models.dit import MultiMaskDiT
+from tempo_cli.toyworld import DetectedObject
+
+
+def tiny_dit(dim: int, patch=(1, 2, 2), seed: int = 0) -> MultiMaskDiT:
+    torch.manual_seed(seed)
+    config = DiTConfig(dim=dim, in_dim=12, ffn_dim=32, freq_dim=16, text_dim=8, out_dim=4, num_heads=1, num_layers=1,
+                       patch_size=patch)
+    return MultiMaskDiT(config).eval()
+
+
+def test_a_dit_narrower_than_its_patches_cannot_see_some_directions():
+    dit = tiny_dit(dim=12)  # a patch of the noisy latent: 4 channels x 2 x 2 = 16 values, width 12
+    directions = probes.invisible_directions(dit)
+    assert directions.shape == (4, 16)
+    assert torch.allclose(directions @ directions.T, torch.eye(4), atol=1e-5)
+    # latents made only of those directions reach the tokens as nothing: the tokens are the zero latents' tokens
+    coefficients = torch.randn(2 * 3 * 2 * 2, 4)  # [B*F*(H/2)*(W/2), k]
+    rows = coefficients @ directions  # [B*F*2*2, 16], channel-major patches
+    latents = rows.reshape(2, 3, 2, 2, 4, 2, 2).permute(0, 4, 1, 2, 5, 3, 6).reshape(2, 4, 3, 4, 4)
+    assert torch.allclose(probes.patch_rows(latents, (2, 2)), rows, atol=1e-6)
+    y = torch.zeros(2, 8, 3, 4, 4)
+    seen = dit.patchify(torch.cat([latents, y], dim=1))
+    blank = dit.patchify(torch.cat([torch.zeros_like(latents), y], dim=1))
+    assert torch.allclose(seen, blank, atol=1e-4)
+
+
+def test_a_wide_dit_sees_every_direction():
+    assert len(probes.invisible_directions(tiny_dit(dim=64))) == 0
+
+
+def test_direction_energy_of_noise_is_one_and_of_other_directions_zero():
+    directions = probes.invisible_directions(tiny_dit(dim=12))
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(8, 4, 6, 8, 8, generator=generator)
+    assert probes.direction_energy(noise, directions, (2, 2)) == pytest.approx(1.0, abs=0.1)
+    rows = probes.patch_rows(noise, (2, 2))
+    visible = rows - (rows @ directions.T) @ directions  # the noise with its invisible part taken out
+    back = visible.reshape(8, 6, 4, 4, 4, 2, 2).permute(0, 4, 1, 2, 5, 3, 6).reshape(noise.shape)
+    assert probes.direction_energy(back, directions, (2, 2)) < 1e-8
+    assert math.isnan(probes.direction_energy(noise, directions[:0], (2, 2)))
+
+
+class FrameLocal(nn.Module):
+    """A stand-in DiT whose velocity at each latent frame depends on that frame alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x, timestep, context, y, rope):
+        return x * self.scale
+
+
+def test_temporal_reach_of_a_frame_local_model_is_its_own_frame():
+    z, context, y = torch.randn(1, 4, 5, 4, 4), torch.zeros(1, 3, 8), torch.zeros(1, 8, 5, 4, 4)
+    reach = probes.temporal_reach(FrameLocal(), z, 0.5, context, y, torch.arange(5)[None], frame=2,
+                                  generator=torch.Generator().manual_seed(0))
+    assert reach[2] > 1.0 and torch.count_nonzero(reach) == 1
+
+
+def test_temporal_reach_of_a_transformer_spreads_beyond_the_frame():
+    dit = tiny_dit(dim=32)
+    z, context, y = torch.randn(1, 4, 5, 4, 4), torch.randn(1, 3, 8), torch.zeros(1, 8, 5, 4, 4)
+    reach = probes.temporal_reach(dit, z, 0.5, context, y, torch.arange(5)[None], frame=0,
+                                  generator=torch.Generator().manual_seed(0))
+    assert reach[0] == reach.max() and (reach[1:] > 0).all()
+    with pytest.raises(ValueError, match="outside"):
+        probes.temporal_reach(dit, z, 0.5, context, y, torch.arange(5)[None], frame=5)
+
+
+def found(x: float, y: float) -> DetectedObject:
+    return DetectedObject((x, y), 100, (220.0, 40.0, 40.0), (0, 0, 10, 10), 1.0)
+
+
+def test_track_spread():
+    first = [found(10, 10), found(12, 10), None]
+    assert probes.track_spread([first, first]) == 0.0
+    moved = [found(13, 14), found(15, 14), found(0, 0)]  # 5 px away where both have an object
+    assert probes.track_spread([first, moved]) == pytest.approx(5.0)
+    assert probes.track_spread([first, moved, first]) == pytest.approx(10 / 3)
+    assert math.isnan(probes.track_spread([[None], [found(1, 1)]]))
