@@ -82,14 +82,13 @@ def high_noise(session, count: int) -> None:
         noise = torch.randn(x0.shape, generator=generator)
         z = (1 - t) * x0 + t * noise
         target = noise - x0
-        velocity = dit(z.to(dtype), torch.full((count,), t * 1000), context.to(dtype), y.float().to(dtype),
-                       rope).float()
+        velocity = dit(z.to(dtype), torch.full((count,), t * 1000), context.to(dtype), y, rope).float()
         model = float((velocity - target).square().mean())
         background = float(((z - x_bg) / t - target).square().mean())
         print(f"high noise t={t}: velocity loss {model:.3f}; predicting the prompted background {background:.3f}; "
               f"the model's floor from the noise along its invisible directions about {share:.2f}")
     reach = probes.temporal_reach(dit, (0.1 * x0 + 0.9 * torch.randn(x0.shape, generator=generator)), 0.9,
-                                  context, y.float(), rope, frame=x0.shape[2] // 2, generator=generator)
+                                  context, y, rope, frame=x0.shape[2] // 2, generator=generator)
     middle = x0.shape[2] // 2
     print("temporal reach at t=0.9 (rms velocity change by latent frames from the changed one): "
           + ", ".join(f"{abs(k - middle)}: {v:.3f}" for k, v in enumerate(reach.tolist()) if k >= middle))

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from tempo_cli.models.dit import patch_values
 from tempo_cli.toyworld import DetectedObject
 
 
@@ -37,11 +38,9 @@ def invisible_directions(dit, tolerance: float = 0.05) -> torch.Tensor:
 
 
 def patch_rows(latents: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
-    """``[B, C, F, H, W]`` -> one row per (frame, patch): ``[B*F*(H/ph)*(W/pw), C*ph*pw]``, channel-major."""
-    ph, pw = patch
-    b, c, f, h, w = latents.shape
-    rows = latents.reshape(b, c, f, h // ph, ph, w // pw, pw)
-    return rows.permute(0, 2, 3, 5, 1, 4, 6).reshape(-1, c * ph * pw)
+    """``[B, C, F, H, W]`` -> one row per (frame, patch): ``[B*F*(H/ph)*(W/pw), C*ph*pw]``, channel-major, as the
+    patch embedding reads them."""
+    return patch_values(latents, (1, *patch)).flatten(0, 1)
 
 
 def direction_energy(latents: torch.Tensor, directions: torch.Tensor, patch: tuple[int, int]) -> float:

@@ -21,6 +21,12 @@ def tiny_dit(dim: int, patch=(1, 2, 2), seed: int = 0) -> MultiMaskDiT:
     return MultiMaskDiT(config).eval()
 
 
+def from_rows(rows: torch.Tensor, shape: tuple[int, int, int, int, int]) -> torch.Tensor:
+    """The inverse of ``probes.patch_rows(latents, (2, 2))`` for latents of ``shape`` ``[B, C, F, H, W]``."""
+    b, c, f, h, w = shape
+    return rows.reshape(b, f, h // 2, w // 2, c, 2, 2).permute(0, 4, 1, 2, 5, 3, 6).reshape(shape)
+
+
 def test_a_dit_narrower_than_its_patches_cannot_see_some_directions():
     dit = tiny_dit(dim=12)  # a patch of the noisy latent: 4 channels x 2 x 2 = 16 values, width 12
     directions = probes.invisible_directions(dit)
@@ -29,7 +35,7 @@ def test_a_dit_narrower_than_its_patches_cannot_see_some_directions():
     # latents made only of those directions reach the tokens as nothing: the tokens are the zero latents' tokens
     coefficients = torch.randn(2 * 3 * 2 * 2, 4)  # [B*F*(H/2)*(W/2), k]
     rows = coefficients @ directions  # [B*F*2*2, 16], channel-major patches
-    latents = rows.reshape(2, 3, 2, 2, 4, 2, 2).permute(0, 4, 1, 2, 5, 3, 6).reshape(2, 4, 3, 4, 4)
+    latents = from_rows(rows, (2, 4, 3, 4, 4))
     assert torch.allclose(probes.patch_rows(latents, (2, 2)), rows, atol=1e-6)
     y = torch.zeros(2, 8, 3, 4, 4)
     seen = dit.patchify(torch.cat([latents, y], dim=1))
@@ -48,7 +54,7 @@ def test_direction_energy_of_noise_is_one_and_of_other_directions_zero():
     assert probes.direction_energy(noise, directions, (2, 2)) == pytest.approx(1.0, abs=0.1)
     rows = probes.patch_rows(noise, (2, 2))
     visible = rows - (rows @ directions.T) @ directions  # the noise with its invisible part taken out
-    back = visible.reshape(8, 6, 4, 4, 4, 2, 2).permute(0, 4, 1, 2, 5, 3, 6).reshape(noise.shape)
+    back = from_rows(visible, tuple(noise.shape))
     assert probes.direction_energy(back, directions, (2, 2)) < 1e-8
     assert math.isnan(probes.direction_energy(noise, directions[:0], (2, 2)))
 

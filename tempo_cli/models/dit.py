@@ -64,6 +64,15 @@ def apply_rope(x: torch.Tensor, rotation: torch.Tensor, dtype: torch.dtype) -> t
     return torch.view_as_real(pairs * rotation).flatten(-2).to(dtype)
 
 
+def patch_values(x: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
+    """The values of every patch, in the patch embedding's order: ``[B, C, F, H, W] -> [B, f*h*w, C*pt*ph*pw]``
+    with (f, h, w) the patch grid."""
+    pt, ph, pw = patch_size
+    b, c, f, h, w = x.shape
+    patches = x.reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw)
+    return patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)
+
+
 def _cpu_fused_gelu_available() -> bool:
     return hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
 
@@ -189,12 +198,8 @@ class MultiMaskDiT(nn.Module):
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, F, H, W] -> [B, f*h*w, dim]`` with (f, h, w) the patch grid; the conv as one matmul."""
-        pt, ph, pw = self.config.patch_size
-        b, c, f, h, w = x.shape
-        patches = x.reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw)
-        patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)  # [B, L, C*pt*ph*pw]
         weight = self.patch_embedding.weight.flatten(1)
-        return F.linear(patches.to(weight.dtype), weight, self.patch_embedding.bias)
+        return F.linear(patch_values(x, self.config.patch_size).to(weight.dtype), weight, self.patch_embedding.bias)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """``[B, f*h*w, pt*ph*pw*C] -> [B, C, f*pt, h*ph, w*pw]``."""
