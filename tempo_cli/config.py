@@ -225,9 +225,15 @@ class SamplerConfig:
     negative_prompt: str = ""
     noise_correlation: tuple[float, ...] = ()
     noise_prior: str = "mixed"
+    # per level, how far the last latent frame of a chunk lags the first (sampling.staggered_schedule): a share of
+    # the schedule; () or 0: every frame together. For models trained with train.frame_noise.
+    stagger: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        object.__setattr__(self, "stagger", tuple(float(s) for s in self.stagger))
+        if self.stagger and (len(self.stagger) != len(self.steps) or not all(0 <= s <= 4 for s in self.stagger)):
+            raise ConfigError(f"sampler.stagger needs one value in [0, 4] per level, got {list(self.stagger)}")
         object.__setattr__(self, "shift", tuple(float(s) for s in self.shift))
         object.__setattr__(self, "noise_correlation", tuple(float(c) for c in self.noise_correlation))
         if self.noise_correlation and (len(self.noise_correlation) != len(self.steps)
@@ -294,6 +300,7 @@ class TrainConfig:
     batch_latent_frames: int = 0  # cap on latent frames per batch (long clips come in smaller batches); 0: none
     caption_dropout: float = 0.0  # share of DiT samples trained with an empty prompt (for guidance)
     stage2_multimask: float = 0.0  # share of stage-2 samples with extra anchors: first, first+last or a context
+    frame_noise: float = 0.0  # share of DiT samples whose latent frames each draw their own time (diffusion forcing)
     vae_focus: float = 0.0  # extra VAE loss weight on pixels unlike the frame's dominant colour
     dit_focus: float = 0.0  # extra DiT loss weight on latent cells that show an object
     decoder_steps: int = 0  # after the DiT: the VAE decoder alone on the frozen encoder's latents (0: none)
@@ -319,7 +326,7 @@ class TrainConfig:
             raise ConfigError(f"train.clip_frames must be 4k+1 (k >= 1), got {self.clip_frames}")
         if not 0 <= self.max_conditioned <= 1 or not 0 <= self.ema_decay < 1:
             raise ConfigError("train.max_conditioned must be in [0, 1] and train.ema_decay in [0, 1)")
-        for name in ("caption_dropout", "stage2_multimask"):
+        for name in ("caption_dropout", "stage2_multimask", "frame_noise"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"train.{name} is a share of samples in [0, 1], got {getattr(self, name)}")
         object.__setattr__(self, "stage2_levels", tuple(float(w) for w in self.stage2_levels))

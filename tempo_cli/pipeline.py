@@ -47,6 +47,7 @@ class LevelSampling:
     guidance_scale: float
     noise_correlation: float = 0.0
     noise_prior: str = "mixed"
+    stagger: float = 0.0  # later latent frames lag behind the earlier ones (sampling.staggered_schedule)
 
     @classmethod
     def for_level(cls, preset: Preset, interval: int, steps: int | None = None) -> "LevelSampling":
@@ -55,7 +56,7 @@ class LevelSampling:
         sampler = preset.sampler
         return cls(steps if steps is not None else sampler.steps[index], sampler.shift[index], sampler.guidance,
                    sampler.guidance_scale, sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
-                   sampler.noise_prior)
+                   sampler.noise_prior, sampler.stagger[index] if sampler.stagger else 0.0)
 
     @property
     def guided(self) -> bool:
@@ -107,8 +108,6 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
     progress = progress or Progress()
     param = next(dit.parameters())
     device, dtype = param.device, param.dtype
-    sigmas, timesteps = sampling.flow_schedule(settings.steps, settings.shift)
-    next_sigmas = sampling.next_sigmas(sigmas)
     guided = settings.guided and negative_embeds is not None
     context = prompt_embeds.to(device, dtype)[None]
     negative = negative_embeds.to(device, dtype)[None] if guided else None
@@ -119,9 +118,11 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
     for group in _groups_by_length(level).values():  # equal lengths batch together
         members = [i for i in group if i in mine]
         batches += [members[i:i + size] for i in range(0, len(members), size)]
-    total = settings.steps * len(batches)
-    with progress.task(f"{_fps_name(level)}: {len(level.chunks)} chunk(s), {settings.steps} steps", total) as advance:
-        for members in batches:
+    schedules = [_schedule(settings, level.chunks[members[0]].latent_frames) for members in batches]
+    total = sum(len(sigmas) for sigmas, _ in schedules)
+    steps = f"{settings.steps} steps" + (f", staggered {settings.stagger:g}" if settings.stagger else "")
+    with progress.task(f"{_fps_name(level)}: {len(level.chunks)} chunk(s), {steps}", total) as advance:
+        for members, (sigmas, next_sigmas) in zip(batches, schedules):
             y = torch.stack([conditions[i] for i in members]).to(device, dtype)  # [b, 4+z, F, h, w]
             z_shape = (y.shape[1] - 4, *y.shape[2:])
             z = torch.stack([sampling.initial_noise(z_shape, seed, level.interval, i,
@@ -130,20 +131,35 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                              for i in members]).to(device)
             rope = torch.tensor([level.chunks[i].rope for i in members], device=device)
             state = None
-            for step in range(settings.steps):
-                t = timesteps[step].expand(len(members)).to(device)
+            for step in range(len(sigmas)):
+                if sigmas.dim() == 1:  # one time for every frame (a float, as the reference computes it)
+                    sigma, sigma_next = sigmas[step].item(), next_sigmas[step].item()
+                    t = (sigmas[step] * 1000).expand(len(members)).to(device)
+                else:  # one per latent frame; a finished frame (sigma 0) stays put whatever its velocity
+                    sigma = sigmas[step].to(device).reshape(1, 1, -1, 1, 1)
+                    sigma_next = next_sigmas[step].to(device).reshape(1, 1, -1, 1, 1)
+                    t = (sigmas[step] * 1000)[None].expand(len(members), -1).to(device)
                 with torch.inference_mode():
                     if not guided:
                         velocity = dit(z, t, context, y, rope)
                     else:
                         cond_v, uncond_v = _guidance_passes(dit, z, t, context, negative, y, rope, batch_guidance)
+                        guide_sigma = sigma if isinstance(sigma, float) else sigma.clamp_min(1e-4)  # APG divides
                         velocity, state = sampling.guide(settings.guidance, cond_v, uncond_v, z,
-                                                         sigmas[step].item(), settings.guidance_scale, state)
-                z = sampling.euler_step(z, velocity.float(), sigmas[step].item(), next_sigmas[step].item())
+                                                         guide_sigma, settings.guidance_scale, state)
+                z = sampling.euler_step(z, velocity.float(), sigma, sigma_next)
                 advance(1)
             results.update(zip(members, z.cpu()))
     results = distributed.gather(results)
     return [results[c.index] for c in level.chunks]
+
+
+def _schedule(settings: LevelSampling, latent_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigmas, next_sigmas)`` of a chunk: ``[steps]`` each, or ``[S, latent_frames]`` when staggered."""
+    if settings.stagger:
+        return sampling.staggered_schedule(settings.steps, settings.shift, latent_frames, settings.stagger)
+    sigmas, _ = sampling.flow_schedule(settings.steps, settings.shift)
+    return sigmas, sampling.next_sigmas(sigmas)
 
 
 def _guidance_passes(dit, z, t, context, negative, y, rope, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:

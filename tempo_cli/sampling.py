@@ -39,6 +39,28 @@ def flow_schedule(steps: int, shift: float) -> tuple[Tensor, Tensor]:
     return sigmas, sigmas * 1000
 
 
+def staggered_schedule(steps: int, shift: float, frames: int, stagger: float) -> tuple[Tensor, Tensor]:
+    """A schedule whose later latent frames lag behind the earlier ones (rolling, as in diffusion forcing):
+    ``(sigmas [S, F], next_sigmas [S, F])``, float32, where step ``i`` takes latent frame ``k`` from
+    ``sigmas[i, k]`` to ``next_sigmas[i, k]``.
+
+    Every frame walks the :func:`flow_schedule` of ``steps`` steps down to 0, frame ``k`` starting
+    ``round(k * stagger * steps / (frames - 1))`` steps after frame 0 and waiting at 1 (pure noise) until then;
+    a frame that is done stays at 0. So the last frame lags the first by ``stagger`` of a whole schedule, and
+    ``S = steps + lag of the last frame``. ``stagger`` 0 is :func:`flow_schedule` for every frame.
+    """
+    sigmas, _ = flow_schedule(steps, shift)
+    if isinstance(stagger, bool) or not isinstance(stagger, (int, float)) or not 0 <= stagger < math.inf:
+        raise ConfigError(f"sampler stagger must be a finite number >= 0, got {stagger!r}",
+                          "use 0 (every frame together) to 1 (the last frame starts as the first ends)")
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ConfigError(f"a staggered schedule needs a whole number of latent frames >= 1, got {frames!r}")
+    grid = torch.cat([sigmas, sigmas.new_zeros(1)])  # [steps + 1]: the sigma after j steps
+    lags = torch.round(torch.arange(frames, dtype=torch.float64) * stagger * steps / max(frames - 1, 1)).long()
+    index = torch.arange(steps + int(lags[-1]))[:, None] - lags[None]  # [S, F]: steps frame k has taken
+    return grid[index.clamp(0, steps)], grid[(index + 1).clamp(0, steps)]
+
+
 def next_sigmas(sigmas: Tensor) -> Tensor:
     """The sigma each step lands on: ``sigmas[1:]`` followed by 0. ``[N] -> [N]``."""
     return torch.cat([sigmas[1:], sigmas.new_zeros(1)])

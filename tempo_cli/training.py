@@ -197,6 +197,16 @@ def sample_timesteps(rng: torch.Generator, n: int, shift: float) -> torch.Tensor
     return shift * u / (1 + (shift - 1) * u)
 
 
+def sample_frame_timesteps(rng: torch.Generator, n: int, frames: int, shift: float, share: float) -> torch.Tensor:
+    """Flow-matching times for ``n`` samples of ``frames`` latent frames, ``[n, frames]``: a share ``share`` of the
+    samples draw one time per latent frame (diffusion forcing), the rest one time for all their frames."""
+    t = sample_timesteps(rng, n, shift)[:, None].expand(n, frames)
+    if share <= 0:
+        return t.contiguous()
+    own = sample_timesteps(rng, n * frames, shift).view(n, frames)
+    return torch.where((torch.rand(n, generator=rng) < share)[:, None], own, t)
+
+
 def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.Tensor, preset: Preset) -> torch.Tensor:
     """The noise ``z_1 [B, C, F, H, W]`` of a batch whose samples are at frame ``intervals [B]``: standard normal,
     correlated across latent frames as ``train.noise_correlation`` sets for each sample's level (independent
@@ -212,9 +222,10 @@ def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.
 def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
                        rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                        weights: torch.Tensor | None = None) -> torch.Tensor:
-    """``|v(z_t, t) - (noise - target)|^2`` with ``z_t = (1 - t) target + t noise``; t in (0, 1), ``[B]``.
-    ``weights [B, 1, F, h, w]`` (optional) weigh the latent cells: a weighted mean over them."""
-    tt = t.view(-1, 1, 1, 1, 1)
+    """``|v(z_t, t) - (noise - target)|^2`` with ``z_t = (1 - t) target + t noise``; t in (0, 1), ``[B]``, or
+    ``[B, F]`` for a time per latent frame. ``weights [B, 1, F, h, w]`` (optional) weigh the latent cells: a
+    weighted mean over them."""
+    tt = t.reshape(t.shape[0], 1, -1, 1, 1)
     z_t = (1 - tt) * target + tt * noise
     velocity = dit(z_t, t * 1000, context, condition, rope)
     error = (velocity.float() - (noise - target).float()).square()

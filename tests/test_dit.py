@@ -165,3 +165,54 @@ def test_a_sample_predicting_head_is_turned_into_the_velocity():
     torch.testing.assert_close(velocity, (x - head) / t, atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match="prediction"):
         dataclasses.replace(config, prediction="epsilon")
+
+
+def test_one_timestep_per_latent_frame(golden):
+    """[B, F] timesteps (Wan2.2's per-token timesteps, a frame at a time): equal columns are the [B] run; frames at
+    their own times get their own modulation (with no blocks, each frame is what a run at its time gives it)."""
+    import copy
+
+    model, _, t = golden
+    x, y, ctx = t["case2.x"], t["case2.y"], t["case2.context"]
+    b, f = x.shape[0], x.shape[2]
+    steps = torch.tensor([10.0, 400.0, 700.0, 999.0])
+    pos = reference_positions(b, f, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, steps[:, None].expand(b, f), ctx, y, pos), model(x, steps, ctx, y, pos),
+                                   atol=1e-5, rtol=1e-5)
+    headless = copy.deepcopy(model)
+    headless.blocks = torch.nn.ModuleList()  # patch embedding and head only: no frame sees another
+    per_frame = torch.stack([steps, steps.flip(0)], dim=1)  # [B, 2]: frame 0 and frame 1 at different times
+    with torch.no_grad():
+        mixed = headless(x, per_frame, ctx, y, pos)
+        for k in range(f):
+            alone = headless(x, per_frame[:, k], ctx, y, pos)
+            torch.testing.assert_close(mixed[:, :, k], alone[:, :, k], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(mixed, headless(x, steps, ctx, y, pos), atol=1e-3)
+
+
+def test_a_sample_predicting_head_divides_each_frame_by_its_own_time():
+    import dataclasses
+
+    from tempo_cli.presets import load_preset
+
+    config = load_preset("tiny-random").dit
+    torch.manual_seed(0)
+    velocity_model = MultiMaskDiT(config)
+    sample_model = MultiMaskDiT(dataclasses.replace(config, prediction="sample"))
+    sample_model.load_state_dict(velocity_model.state_dict())
+    x, y = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 20, 2, 4, 4)
+    ctx, pos, steps = torch.randn(1, 3, config.text_dim), torch.tensor([[0, 4]]), torch.tensor([[800.0, 200.0]])
+    with torch.no_grad():
+        head = velocity_model(x, steps, ctx, y, pos)
+        velocity = sample_model(x, steps, ctx, y, pos)
+    torch.testing.assert_close(velocity, (x - head) / torch.tensor([0.8, 0.2]).view(1, 1, 2, 1, 1),
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (3,), (2, 2, 1)])
+def test_timesteps_of_a_wrong_shape_are_refused(golden, shape):
+    model, _, t = golden
+    x, y, ctx = t["case2.x"], t["case2.y"], t["case2.context"]  # 4 samples of 2 latent frames
+    with pytest.raises(ValueError, match="timestep"):
+        model(x, torch.full(shape, 500.0), ctx, y, reference_positions(4, 2, 1))

@@ -22,6 +22,7 @@ from tempo_cli.sampling import (
     initial_noise,
     next_sigmas,
     noise_seed,
+    staggered_schedule,
     velocity_to_x0,
     x0_to_velocity,
 )
@@ -211,3 +212,62 @@ def test_initial_noise_follows_the_noise_prior():
     progressive = initial_noise((4, 12, 8, 8), seed=3, level=4, chunk=0, correlation=0.8, prior="progressive")
     far = (torch.diagonal(frame_correlations(n[None]), 10).mean().item() for n in (mixed, progressive))
     assert next(far) > 0.6 and next(far) < 0.3  # mixed: every pair shares 0.8; progressive: 0.8^10
+
+
+def test_staggered_schedule_without_stagger_is_the_flow_schedule():
+    sigmas, following = staggered_schedule(6, 3.0, 4, 0.0)
+    flat, _ = flow_schedule(6, 3.0)
+    assert sigmas.shape == (6, 4)
+    assert torch.equal(sigmas, flat[:, None].expand(6, 4)) and torch.equal(following, next_sigmas(flat)[:, None].expand(6, 4))
+
+
+def test_staggered_schedule_lets_later_frames_lag():
+    sigmas, following = staggered_schedule(8, 1.0, 5, 0.5)  # the last frame starts 4 steps late
+    assert sigmas.shape == following.shape == (12, 5)
+    assert torch.equal(following[:-1], sigmas[1:]) and bool((following[-1] == 0).all())
+    flat, _ = flow_schedule(8, 1.0)
+    for k, lag in enumerate([0, 1, 2, 3, 4]):  # round(k * 0.5 * 8 / 4)
+        assert bool((sigmas[:lag, k] == 1).all())  # waiting as pure noise
+        assert torch.equal(sigmas[lag:lag + 8, k], flat)  # then the whole schedule
+        assert bool((sigmas[lag + 8:, k] == 0).all())  # then done
+    assert bool((sigmas[:, :-1] <= sigmas[:, 1:]).all())  # earlier frames are never noisier
+
+
+@pytest.mark.parametrize("stagger, frames", [(-0.1, 4), (math.inf, 4), (True, 4), (0.5, 0)])
+def test_invalid_stagger_raises_config_error(stagger, frames):
+    with pytest.raises(ConfigError, match="stagger|latent frames"):
+        staggered_schedule(8, 3.0, frames, stagger)
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in DiT: records the timesteps it is given and returns a velocity of ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def forward(self, z, t, context, y, rope):
+        self.calls.append(t.clone())
+        return torch.ones_like(z)
+
+
+@pytest.mark.parametrize("stagger", [0.0, 0.5])
+def test_denoise_level_walks_each_latent_frame_along_its_schedule(stagger):
+    from tempo_cli import pipeline
+    from tempo_cli.plan import make_plan
+
+    level = make_plan(17, (4,), (1,), height=16, width=16).levels[0]  # one chunk of 5 latent frames
+    settings = pipeline.LevelSampling(steps=8, shift=3.0, guidance="none", guidance_scale=1.0, stagger=stagger)
+    dit = _Recorder()
+    y = torch.zeros(4 + 4, 5, 2, 2)
+    (z,) = pipeline.denoise_level(dit, level, [y], torch.zeros(3, 8), None, settings, seed=1)
+    start = initial_noise((4, 5, 2, 2), 1, level.interval, 0)
+    sigmas, _ = staggered_schedule(8, 3.0, 5, stagger)
+    assert len(dit.calls) == len(sigmas) == 8 + round(stagger * 8)
+    if stagger:
+        assert torch.equal(torch.stack(dit.calls)[:, 0], sigmas * 1000)  # one time per latent frame
+    else:
+        assert torch.equal(torch.stack(dit.calls)[:, 0], sigmas[:, 0] * 1000)  # one time per sample, as always
+    # a velocity of ones takes every frame from its noise down by its whole schedule: 1 - 0
+    torch.testing.assert_close(z, start - 1.0)

@@ -196,6 +196,33 @@ def test_timesteps_follow_the_shift():
     assert abs(plain.mean() - 0.5) < 0.03 and shifted.mean() > plain.mean() + 0.1
 
 
+def test_frame_timesteps_are_shared_or_drawn_per_latent_frame():
+    rng = torch.Generator().manual_seed(0)
+    shared = training.sample_frame_timesteps(rng, 64, 5, 3.0, 0.0)
+    assert shared.shape == (64, 5) and torch.equal(shared, shared[:, :1].expand(64, 5))
+    own = training.sample_frame_timesteps(rng, 64, 5, 3.0, 1.0)
+    assert bool((own.std(dim=1) > 0).all()) and 0 < own.min() and own.max() < 1
+    assert abs(own.mean() - shared.mean()) < 0.1  # the same shifted law either way
+    half = training.sample_frame_timesteps(rng, 400, 5, 3.0, 0.5)
+    apart = float((half.std(dim=1) > 0).float().mean())
+    assert 0.4 < apart < 0.6
+
+
+def test_flow_matching_loss_noises_each_latent_frame_at_its_own_time():
+    class Echo(torch.nn.Module):  # returns what it is given, and keeps its times
+        def forward(self, z_t, t, context, y, rope):
+            self.t = t
+            return z_t
+
+    target, noise = torch.zeros(1, 1, 2, 1, 1), torch.ones(1, 1, 2, 1, 1)
+    model = Echo()
+    t = torch.tensor([[0.25, 0.75]])
+    loss = training.flow_matching_loss(model, target, None, None, None, t, noise)
+    # z_t = t per frame; the target velocity is 1: errors (0.75)^2 and (0.25)^2
+    assert loss.item() == pytest.approx((0.75 ** 2 + 0.25 ** 2) / 2)
+    assert torch.equal(model.t, t * 1000)
+
+
 def test_learning_rate_warms_up_then_decays():
     lrs = [training.learning_rate(s, 1.0, 10, 100) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)

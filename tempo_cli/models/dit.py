@@ -32,6 +32,16 @@ def timestep_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
+def frame_timesteps(timestep: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+    """A DiT's timesteps as ``[B|1, 1|F]``: ``[B]`` or ``[1]`` (one per sample) become a column, ``[B|1, F]``
+    (one per latent frame) stay; anything else is an error."""
+    if timestep.dim() <= 1:
+        timestep = timestep.reshape(-1, 1)
+    if timestep.dim() != 2 or timestep.shape[0] not in (1, batch) or timestep.shape[1] not in (1, frames):
+        raise ValueError(f"timestep {tuple(timestep.shape)} fits neither [{batch}] nor [{batch}, {frames}]")
+    return timestep
+
+
 def rope_frequencies(channels: int, device: torch.device) -> torch.Tensor:
     """Inverse frequencies of one RoPE axis with ``channels`` channels: ``[channels // 2]`` (float32)."""
     return 1.0 / ROPE_THETA ** (torch.arange(0, channels, 2, dtype=torch.float32, device=device) / channels)
@@ -156,15 +166,24 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, t_mod: torch.Tensor,
                 rotation: torch.Tensor) -> torch.Tensor:
-        """``x [B, L, dim]`` float32 residual stream; ``t_mod [B|1, 6, dim]`` float32."""
+        """``x [B, L, dim]`` float32 residual stream; ``t_mod [B|1, T, 6, dim]`` float32, one modulation for all
+        tokens (T = 1) or one per latent frame (T = F, the tokens frame by frame)."""
         dtype = context.dtype
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + t_mod).chunk(6, dim=1)
-        h = torch.addcmul(shift_sa, F.layer_norm(x, x.shape[-1:], eps=self.eps), 1 + scale_sa)
-        x = torch.addcmul(x, self.self_attn(h.to(dtype), rotation), gate_sa)
+        frames = t_mod.shape[1]
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
+            m.squeeze(2) for m in (self.modulation.float() + t_mod)[:, :, None].chunk(6, dim=3))  # [B|1, T, 1, dim]
+
+        def by_frame(tokens: torch.Tensor) -> torch.Tensor:  # [B, L, dim] -> [B, T, L / T, dim], a view
+            return tokens.unflatten(1, (frames, -1))
+
+        h = torch.addcmul(shift_sa, F.layer_norm(by_frame(x), x.shape[-1:], eps=self.eps), 1 + scale_sa)
+        x = torch.addcmul(by_frame(x), by_frame(self.self_attn(h.flatten(1, 2).to(dtype), rotation)), gate_sa)
+        x = x.flatten(1, 2)
         h = F.layer_norm(x, x.shape[-1:], self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
         x = x + self.cross_attn(h.to(dtype), context)
-        h = torch.addcmul(shift_ff, F.layer_norm(x, x.shape[-1:], eps=self.eps), 1 + scale_ff)
-        return torch.addcmul(x, self.ffn[2](linear_gelu(h.to(dtype), self.ffn[0])), gate_ff)
+        h = torch.addcmul(shift_ff, F.layer_norm(by_frame(x), x.shape[-1:], eps=self.eps), 1 + scale_ff)
+        ffn = self.ffn[2](linear_gelu(h.flatten(1, 2).to(dtype), self.ffn[0]))
+        return torch.addcmul(by_frame(x), by_frame(ffn), gate_ff).flatten(1, 2)
 
 
 class Head(nn.Module):
@@ -175,10 +194,11 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, config.dim) / config.dim**0.5)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x [B, L, dim]`` float32, ``t [B|1, dim]`` float32 -> ``[B, L, out_dim * prod(patch)]``."""
-        shift, scale = (self.modulation.float() + t[:, None]).chunk(2, dim=1)
-        h = F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift
-        return self.head(h.to(self.head.weight.dtype))
+        """``x [B, L, dim]`` float32, ``t [B|1, T, dim]`` float32 (T = 1 or one per latent frame) ->
+        ``[B, L, out_dim * prod(patch)]``."""
+        shift, scale = (m.squeeze(2) for m in (self.modulation.float() + t[:, :, None])[:, :, None].chunk(2, dim=3))
+        h = F.layer_norm(x.unflatten(1, (t.shape[1], -1)), x.shape[-1:], eps=self.eps) * (1 + scale) + shift
+        return self.head(h.flatten(1, 2).to(self.head.weight.dtype))
 
 
 class MultiMaskDiT(nn.Module):
@@ -213,7 +233,8 @@ class MultiMaskDiT(nn.Module):
                 frame_positions: torch.Tensor) -> torch.Tensor:
         """Predict the flow-matching velocity.
 
-        x: ``[B, out_dim, F, H, W]`` noisy latents; timestep: ``[B]`` or ``[1]`` in [0, 1000];
+        x: ``[B, out_dim, F, H, W]`` noisy latents; timestep: in [0, 1000], ``[B]`` or ``[1]``, or one per latent
+        frame, ``[B|1, F]`` (frames at different noise levels, as Wan2.2's per-token timesteps allow);
         context: ``[B|1, L, text_dim]`` prompt embeddings; y: ``[B, in_dim - out_dim, F, H, W]`` =
         [4 mask channels, condition latents]; frame_positions: ``[B|1, F]`` temporal RoPE index of each
         latent frame. Returns ``[B, out_dim, F, H, W]`` in x's dtype: the velocity, also when the head predicts
@@ -228,8 +249,13 @@ class MultiMaskDiT(nn.Module):
         dtype = self.patch_embedding.weight.dtype
 
         tokens = self.patchify(torch.cat([x, y], dim=1)).float()  # [B, L, dim] residual stream
+        timestep = frame_timesteps(timestep, b, f).to(x.device)  # [B|1, 1|F]
+        if timestep.shape[1] > 1 and pt > 1:
+            timestep = timestep[:, ::pt]
+        per_frame = timestep.shape
         t = self.time_embedding(timestep_embedding(timestep.reshape(-1), cfg.freq_dim).to(dtype)).float()
-        t_mod = self.time_projection(t.to(dtype)).float().unflatten(1, (6, cfg.dim))  # [B|1, 6, dim]
+        t = t.unflatten(0, per_frame)  # [B|1, 1|f, dim]
+        t_mod = self.time_projection(t.to(dtype)).float().unflatten(-1, (6, cfg.dim))  # [B|1, 1|f, 6, dim]
         context = self.text_embedding(context.to(dtype))
         if context.shape[0] != b:
             context = context.expand(b, -1, -1)
@@ -241,6 +267,8 @@ class MultiMaskDiT(nn.Module):
             tokens = block(tokens, context, t_mod, rotation)
         out = self.unpatchify(self.head(tokens, t), grid)
         if cfg.prediction == "sample":  # the head gave the clean latent: v = (z_t - x0) / t
-            noise_level = (timestep.to(x.device).float() / 1000).clamp_min(SAMPLE_MIN_T).reshape(-1, 1, 1, 1, 1)
-            out = (x.float() - out.float()) / noise_level
+            noise_level = (timestep.float() / 1000).clamp_min(SAMPLE_MIN_T)
+            if noise_level.shape[1] > 1:
+                noise_level = noise_level.repeat_interleave(pt, dim=1)
+            out = (x.float() - out.float()) / noise_level[:, None, :, None, None]
         return out.to(x.dtype)
