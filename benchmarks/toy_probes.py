@@ -8,7 +8,11 @@ README's "What holds it back".
   background, and the share of the loss the model cannot see (its invisible patch directions);
 * temporal reach: how much the velocity at each latent frame changes when the middle latent frame's input changes;
 * invisible directions: how many there are, and how much of the starting noise stays in them in generated
-  latents, against encoded world clips.
+  latents, against encoded world clips;
+* caption swaps: the velocity loss on 6 fps clips of objects moving left, right, up or down with their own
+  caption, with its motion words swapped (left <-> right, up <-> down) and with its colour swapped, from noise
+  alone and with the first 5 frames (latent frames 0-1) given as conditions (loss on the later latent frames):
+  a word the model uses raises the loss when it is wrong.
 
     python benchmarks/toy_probes.py [--preset toy] [--seeds 4] [--clips 24] [--threads N]
 """
@@ -26,7 +30,7 @@ from tempo_cli.conditions import condition_latents
 from tempo_cli.evaluation import track
 from tempo_cli.models.text_encoder import encode_prompts
 from tempo_cli.options import open_session
-from tempo_cli.toyworld import BACKGROUNDS, MOTIONS, ObjectSpec, SceneSpec, render, scene_from_caption
+from tempo_cli.toyworld import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, ObjectSpec, SceneSpec, render, scene_from_caption
 from tempo_cli.training import to_video
 
 DIRECTIONS = ("moving left", "moving right", "moving up", "moving down")
@@ -100,6 +104,38 @@ def high_noise(session, count: int) -> None:
           f"standard normal noise 1")
 
 
+MOTION_SWAP = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@torch.no_grad()
+def caption_swaps(session, count: int) -> None:
+    dit, vae = session.store.dit(), session.store.vae()
+    encoder, tokenizer = session.store.text_encoder()
+    dtype = next(dit.parameters()).dtype
+    colours = list(COLOURS)
+    colour_swap = {c: colours[(i + len(colours) // 2) % len(colours)] for i, c in enumerate(colours)}
+    captions = [f"a {colours[i % len(colours)]} {SHAPES[i % len(SHAPES)]} {DIRECTIONS[i % len(DIRECTIONS)]} on a "
+                f"{list(BACKGROUNDS)[i % len(BACKGROUNDS)]} background" for i in range(count)]
+    videos = torch.stack([to_video(render(scene_from_caption(c, seed=2000 + i), (FRAMES - 1) * INTERVAL + 1)[::INTERVAL])
+                          for i, c in enumerate(captions)]).to(dtype)
+    x0 = vae.encode(videos).float()
+    rope = (torch.arange(x0.shape[2]) * INTERVAL)[None].expand(count, -1)
+    given = torch.zeros(count, FRAMES, dtype=dtype)
+    given[:, :5] = 1
+    settings = {"from noise": (condition_latents(vae, torch.zeros_like(videos), torch.zeros_like(given)), slice(None)),
+                "first 5 frames given": (condition_latents(vae, videos * given[:, None, :, None, None], given),
+                                         slice(2, None))}
+    variants = {"own caption": captions, "motion swapped": [probes.swap_words(c, MOTION_SWAP) for c in captions],
+                "colour swapped": [probes.swap_words(c, colour_swap) for c in captions]}
+    contexts = {name: encode_prompts(encoder, tokenizer, texts) for name, texts in variants.items()}
+    for setting, (y, frames) in settings.items():
+        for t in (0.5, 0.8, 0.9, 0.95):
+            losses = {name: probes.velocity_loss(dit, x0, t, context, y, rope, seed=int(t * 100), frames=frames)
+                      for name, context in contexts.items()}
+            print(f"caption swaps, {setting}, t={t}: velocity loss "
+                  + ", ".join(f"{name} {loss:.4f}" for name, loss in losses.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="toy")
@@ -112,6 +148,7 @@ def main() -> None:
     session = open_session(args.preset, None, None, "cpu", None, quiet=True)
     motion_words(session, args.seeds)
     high_noise(session, args.clips)
+    caption_swaps(session, args.clips)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,41 @@ def test_track_spread():
     assert probes.track_spread([first, moved]) == pytest.approx(5.0)
     assert probes.track_spread([first, moved, first]) == pytest.approx(10 / 3)
     assert math.isnan(probes.track_spread([[None], [found(1, 1)]]))
+
+
+def test_swap_words_swaps_pairs_in_one_pass():
+    swap = {"left": "right", "right": "left", "red": "blue"}
+    caption = "a red ball moving left and a green square moving right on a black background"
+    assert probes.swap_words(caption, swap) == ("a blue ball moving right and a green square moving left on a "
+                                                "black background")
+    assert probes.swap_words(probes.swap_words(caption, swap), {"left": "right", "right": "left"}) == (
+        "a blue ball moving left and a green square moving right on a black background")
+
+
+class Velocity(nn.Module):
+    """A fake DiT whose velocity is ``scale`` times its noisy input (per sample), to check the loss by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+
+    def forward(self, z, timestep, context, y, rope):
+        return z * context[:, 0, 0].view(-1, 1, 1, 1, 1)
+
+
+def test_velocity_loss_is_the_flow_matching_loss_with_seeded_noise():
+    dit = Velocity()
+    x0 = torch.randn(2, 3, 4, 2, 2)
+    context = torch.full((2, 5, 1), 2.0)
+    y, rope = torch.zeros(2, 7, 4, 2, 2), torch.zeros(2, 4)
+    t = 0.7
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    z = (1 - t) * x0 + t * noise
+    expected = (2 * z - (noise - x0)).square()
+    assert math.isclose(probes.velocity_loss(dit, x0, t, context, y, rope, seed=3), float(expected.mean()),
+                        rel_tol=1e-5)
+    later = probes.velocity_loss(dit, x0, t, context, y, rope, seed=3, frames=slice(2, None))
+    assert math.isclose(later, float(expected[:, :, 2:].mean()), rel_tol=1e-5)
+    # another caption (here: another scale) changes the loss on the same noise; the same one does not
+    assert probes.velocity_loss(dit, x0, t, context * 0.5, y, rope, seed=3) != probes.velocity_loss(
+        dit, x0, t, context, y, rope, seed=3)
