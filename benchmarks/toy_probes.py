@@ -9,10 +9,11 @@ README's "What holds it back".
 * temporal reach: how much the velocity at each latent frame changes when the middle latent frame's input changes;
 * invisible directions: how many there are, and how much of the starting noise stays in them in generated
   latents, against encoded world clips;
-* caption swaps: the velocity loss on 6 fps clips of objects moving left, right, up or down with their own
-  caption, with its motion words swapped (left <-> right, up <-> down) and with its colour swapped, from noise
-  alone and with the first 5 frames (latent frames 0-1) given as conditions (loss on the later latent frames):
-  a word the model uses raises the loss when it is wrong.
+* caption swaps and given frames: the velocity loss on 6 fps clips of objects moving left, right, up or down with
+  their own caption, with its motion words swapped (left <-> right, up <-> down) and with its colour swapped (a
+  word the model uses raises the loss when it is wrong), from noise alone, and on latent frames 2+ with the first
+  5 frames given as conditions or latent frames 0-1 given clean at their own time 0 (a model that carries what it
+  is given forward in time has a lower loss there than from noise).
 
     python benchmarks/toy_probes.py [--preset toy] [--seeds 4] [--clips 24] [--threads N]
 """
@@ -121,18 +122,24 @@ def caption_swaps(session, count: int) -> None:
     x0 = vae.encode(videos).float()
     rope = (torch.arange(x0.shape[2]) * INTERVAL)[None].expand(count, -1)
     given = torch.zeros(count, FRAMES, dtype=dtype)
-    given[:, :5] = 1
-    settings = {"from noise": (condition_latents(vae, torch.zeros_like(videos), torch.zeros_like(given)), slice(None)),
-                "first 5 frames given": (condition_latents(vae, videos * given[:, None, :, None, None], given),
-                                         slice(2, None))}
+    given[:, :5] = 1  # pixel frames 0-4: latent frames 0 and 1
+    nothing = condition_latents(vae, torch.zeros_like(videos), torch.zeros_like(given))
+    conditioned = condition_latents(vae, videos * given[:, None, :, None, None], given)
     variants = {"own caption": captions, "motion swapped": [probes.swap_words(c, MOTION_SWAP) for c in captions],
                 "colour swapped": [probes.swap_words(c, colour_swap) for c in captions]}
     contexts = {name: encode_prompts(encoder, tokenizer, texts) for name, texts in variants.items()}
-    for setting, (y, frames) in settings.items():
-        for t in (0.5, 0.8, 0.9, 0.95):
-            losses = {name: probes.velocity_loss(dit, x0, t, context, y, rope, seed=int(t * 100), frames=frames)
+    later = slice(2, None)
+    for t in (0.5, 0.8, 0.9, 0.95, 0.98):
+        clean_first = torch.full((x0.shape[2],), t)
+        clean_first[:2] = 0
+        settings = {"from noise, all frames": (t, nothing, slice(None)),
+                    "from noise, frames 2+": (t, nothing, later),
+                    "first 5 frames as conditions, frames 2+": (t, conditioned, later),
+                    "latent frames 0-1 clean (their own time 0), frames 2+": (clean_first, nothing, later)}
+        for setting, (times, y, frames) in settings.items():
+            losses = {name: probes.velocity_loss(dit, x0, times, context, y, rope, seed=int(t * 100), frames=frames)
                       for name, context in contexts.items()}
-            print(f"caption swaps, {setting}, t={t}: velocity loss "
+            print(f"caption swaps t={t}, {setting}: velocity loss "
                   + ", ".join(f"{name} {loss:.4f}" for name, loss in losses.items()))
 
 

@@ -85,13 +85,18 @@ def swap_words(caption: str, mapping: Mapping[str, str]) -> str:
 
 
 @torch.no_grad()
-def velocity_loss(dit, x0: torch.Tensor, t: float, context: torch.Tensor, y: torch.Tensor, rope: torch.Tensor,
-                  seed: int = 0, frames: slice = slice(None)) -> float:
-    """The flow-matching loss of ``dit`` on the clean latents ``x0 [B, C, F, H, W]`` noised to ``t`` in (0, 1)
-    with the noise of ``seed`` (the same noise for the same seed, so captions can be compared), over the latent
-    frames ``frames``."""
+def velocity_loss(dit, x0: torch.Tensor, t: float | torch.Tensor, context: torch.Tensor, y: torch.Tensor,
+                  rope: torch.Tensor, seed: int = 0, frames: slice = slice(None)) -> float:
+    """The flow-matching loss of ``dit`` on the clean latents ``x0 [B, C, F, H, W]`` noised to ``t`` with the noise
+    of ``seed`` (the same noise for the same seed, so captions can be compared), over the latent frames ``frames``.
+    ``t`` in [0, 1) is one time for every latent frame, or ``[F]`` one per latent frame (0: that frame given clean,
+    as diffusion forcing trains and staggered sampling runs)."""
     dtype = next(dit.parameters()).dtype
+    times = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
+    if len(times) not in (1, x0.shape[2]):
+        raise ValueError(f"t must be one time or one per latent frame ({x0.shape[2]}), got {len(times)}")
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    z = (1 - t) * x0.float() + t * noise
-    velocity = dit(z.to(dtype), torch.full((x0.shape[0],), t * 1000.0), context.to(dtype), y.to(dtype), rope).float()
+    z = x0.float() + times.view(1, 1, -1, 1, 1) * (noise - x0.float())
+    timestep = (times * 1000)[None].expand(x0.shape[0], -1) if len(times) > 1 else (times * 1000).expand(x0.shape[0])
+    velocity = dit(z.to(dtype), timestep, context.to(dtype), y.to(dtype), rope).float()
     return float((velocity - (noise - x0.float()))[:, :, frames].square().mean())

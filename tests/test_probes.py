@@ -117,6 +117,7 @@ class Velocity(nn.Module):
         self.weight = nn.Parameter(torch.ones(()))
 
     def forward(self, z, timestep, context, y, rope):
+        self.timestep = timestep
         return z * context[:, 0, 0].view(-1, 1, 1, 1, 1)
 
 
@@ -136,3 +137,23 @@ def test_velocity_loss_is_the_flow_matching_loss_with_seeded_noise():
     # another caption (here: another scale) changes the loss on the same noise; the same one does not
     assert probes.velocity_loss(dit, x0, t, context * 0.5, y, rope, seed=3) != probes.velocity_loss(
         dit, x0, t, context, y, rope, seed=3)
+
+
+def test_velocity_loss_with_a_time_per_latent_frame():
+    dit = Velocity()
+    x0 = torch.randn(2, 3, 4, 2, 2)
+    context = torch.full((2, 5, 1), 2.0)
+    y, rope = torch.zeros(2, 7, 4, 2, 2), torch.zeros(2, 4)
+    times = torch.tensor([0.0, 0.0, 0.9, 0.9])  # the first two latent frames clean
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    z = x0 + times.view(1, 1, -1, 1, 1) * (noise - x0)
+    assert torch.equal(z[:, :, :2], x0[:, :, :2])
+    expected = (2 * z - (noise - x0)).square()[:, :, 2:].mean()
+    loss = probes.velocity_loss(dit, x0, times, context, y, rope, seed=1, frames=slice(2, None))
+    assert math.isclose(loss, float(expected), rel_tol=1e-5)
+    assert torch.allclose(dit.timestep, torch.tensor([[0.0, 0.0, 900.0, 900.0]] * 2))
+    # one time for all frames is given to the DiT as one timestep per sample
+    probes.velocity_loss(dit, x0, 0.5, context, y, rope)
+    assert torch.allclose(dit.timestep, torch.tensor([500.0, 500.0]))
+    with pytest.raises(ValueError, match="one per latent frame"):
+        probes.velocity_loss(dit, x0, torch.tensor([0.1, 0.2]), context, y, rope)
