@@ -143,11 +143,11 @@ def test_unknown_config_key_is_named():
         config_from_dict(DiTConfig, dict(heads=3))
 
 
-def test_a_sample_predicting_head_is_turned_into_the_velocity():
-    """prediction "sample": the same network, its head read as the clean latent x0, returns (z_t - x0) / t."""
+def velocity_and_sample_models():
+    """tiny-random's DiT config and two models with the same (seeded) weights: one predicting the velocity, one
+    the sample; the next draws of the global generator follow."""
     import dataclasses
 
-    from tempo_cli.models.dit import SAMPLE_MIN_T
     from tempo_cli.presets import load_preset
 
     config = load_preset("tiny-random").dit
@@ -155,6 +155,16 @@ def test_a_sample_predicting_head_is_turned_into_the_velocity():
     velocity_model = MultiMaskDiT(config)
     sample_model = MultiMaskDiT(dataclasses.replace(config, prediction="sample"))
     sample_model.load_state_dict(velocity_model.state_dict())
+    return config, velocity_model, sample_model
+
+
+def test_a_sample_predicting_head_is_turned_into_the_velocity():
+    """prediction "sample": the same network, its head read as the clean latent x0, returns (z_t - x0) / t."""
+    import dataclasses
+
+    from tempo_cli.models.dit import SAMPLE_MIN_T
+
+    config, velocity_model, sample_model = velocity_and_sample_models()
     x, y = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 20, 2, 4, 4)
     ctx, pos = torch.randn(2, 3, config.text_dim), torch.tensor([[0, 4], [2, 6]])
     steps = torch.tensor([600.0, 10.0])
@@ -192,15 +202,7 @@ def test_one_timestep_per_latent_frame(golden):
 
 
 def test_a_sample_predicting_head_divides_each_frame_by_its_own_time():
-    import dataclasses
-
-    from tempo_cli.presets import load_preset
-
-    config = load_preset("tiny-random").dit
-    torch.manual_seed(0)
-    velocity_model = MultiMaskDiT(config)
-    sample_model = MultiMaskDiT(dataclasses.replace(config, prediction="sample"))
-    sample_model.load_state_dict(velocity_model.state_dict())
+    config, velocity_model, sample_model = velocity_and_sample_models()
     x, y = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 20, 2, 4, 4)
     ctx, pos, steps = torch.randn(1, 3, config.text_dim), torch.tensor([[0, 4]]), torch.tensor([[800.0, 200.0]])
     with torch.no_grad():
