@@ -55,17 +55,17 @@ def motion_words(session, seeds: int) -> None:
           f"(seeds: {', '.join(f'{s:.1f}' for s in spreads)}); the world's from one start: {np.mean(world):.1f} px")
 
 
+def render_clips(captions: list[str], first_seed: int) -> torch.Tensor:
+    """6 fps world clips ``[N, 3, FRAMES, H, W]`` of ``captions``, clip i drawn with seed ``first_seed + i``."""
+    return torch.stack([to_video(render(scene_from_caption(c, seed=first_seed + i), (FRAMES - 1) * INTERVAL + 1)
+                                 [::INTERVAL]) for i, c in enumerate(captions)])
+
+
 def world_clips(count: int) -> tuple[torch.Tensor, list[str], list[str]]:
     """``count`` single-object 6 fps clips ``[N, 3, T, H, W]``, their captions and backgrounds."""
-    videos, captions, backgrounds = [], [], []
-    for i in range(count):
-        background = list(BACKGROUNDS)[i % len(BACKGROUNDS)]
-        caption = f"a red ball {MOTIONS[i % len(MOTIONS)]} on a {background} background"
-        clip = render(scene_from_caption(caption, seed=1000 + i), (FRAMES - 1) * INTERVAL + 1)[::INTERVAL]
-        videos.append(to_video(clip))
-        captions.append(caption)
-        backgrounds.append(background)
-    return torch.stack(videos), captions, backgrounds
+    backgrounds = [list(BACKGROUNDS)[i % len(BACKGROUNDS)] for i in range(count)]
+    captions = [f"a red ball {MOTIONS[i % len(MOTIONS)]} on a {b} background" for i, b in enumerate(backgrounds)]
+    return render_clips(captions, 1000), captions, backgrounds
 
 
 @torch.no_grad()
@@ -117,8 +117,7 @@ def caption_swaps(session, count: int) -> None:
     colour_swap = {c: colours[(i + len(colours) // 2) % len(colours)] for i, c in enumerate(colours)}
     captions = [f"a {colours[i % len(colours)]} {SHAPES[i % len(SHAPES)]} {DIRECTIONS[i % len(DIRECTIONS)]} on a "
                 f"{list(BACKGROUNDS)[i % len(BACKGROUNDS)]} background" for i in range(count)]
-    videos = torch.stack([to_video(render(scene_from_caption(c, seed=2000 + i), (FRAMES - 1) * INTERVAL + 1)[::INTERVAL])
-                          for i, c in enumerate(captions)]).to(dtype)
+    videos = render_clips(captions, 2000).to(dtype)
     x0 = vae.encode(videos).float()
     rope = (torch.arange(x0.shape[2]) * INTERVAL)[None].expand(count, -1)
     given = torch.zeros(count, FRAMES, dtype=dtype)
