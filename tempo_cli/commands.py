@@ -42,8 +42,12 @@ def plan(
     count = frame_count(video.fps / intervals[0], frames, seconds, default_seconds=5.0)
     the_plan = make_plan(count, intervals, counts, layout, video.height, video.width, video.fps)
     steps = [_steps_for(chosen, s) for s in intervals]
-    cost = estimate_cost(the_plan, chosen.dit, steps, guidance=chosen.sampler.guidance != "none",
-                         text_len=chosen.text_encoder.text_len, spatial_factor=chosen.vae.spatial_factor)
+    levels = [video.level_index(s) for s in intervals]
+    sampler = chosen.sampler
+    cost = estimate_cost(the_plan, chosen.dit, steps, guidance=sampler.guidance != "none",
+                         text_len=chosen.text_encoder.text_len, spatial_factor=chosen.vae.spatial_factor,
+                         stagger=[sampler.stagger[i] for i in levels] if sampler.stagger else (),
+                         lag=[sampler.lag[i] for i in levels] if sampler.lag else ())
     data = plan_to_dict(the_plan, cost)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -53,7 +57,9 @@ def plan(
     for level, level_cost in zip(data["levels"], cost.levels):
         node = tree.add(f"level {level['index']}: {level['fps']:g} fps (interval {level['interval']}), "
                         f"{level['frames']} frames in {len(level['chunks'])} chunk(s); "
-                        f"{level_cost.flops / 1e15:.2f} PFLOPs, {level_cost.steps} steps")
+                        f"{level_cost.flops / 1e15:.2f} PFLOPs, {level_cost.steps} steps"
+                        + (f" (up to {level_cost.lagged_steps} as later latent frames lag)"
+                           if level_cost.lagged_steps else ""))
         for chunk in level["chunks"]:
             real = [p for p in chunk["positions"] if p is not None]
             node.add(f"chunk {chunk['index']}: frames {real[0]}..{real[-1]} ({chunk['frames']} slots, "

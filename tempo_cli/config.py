@@ -164,6 +164,7 @@ class TextEncoderConfig:
 
 
 GUIDANCE_KINDS = ("apg", "cfg", "none")
+FRAME_NOISE_MODES = ("independent", "rolling")  # train.frame_noise_mode: how latent frames draw their own times
 NOISE_PRIORS = ("mixed", "progressive")  # how a chunk's initial noise is correlated across latent frames
 
 
@@ -228,12 +229,22 @@ class SamplerConfig:
     # per level, how far the last latent frame of a chunk lags the first (sampling.staggered_schedule): a share of
     # the schedule; () or 0: every frame together. For models trained with train.frame_noise.
     stagger: tuple[float, ...] = ()
+    # per level, how many steps each latent frame of a chunk starts after the one before
+    # (sampling.rolling_schedule), however long the chunk; () or 0: every frame together. For models trained
+    # with train.frame_noise_mode: rolling. A level takes stagger or lag, not both.
+    lag: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
         object.__setattr__(self, "stagger", tuple(float(s) for s in self.stagger))
         if self.stagger and (len(self.stagger) != len(self.steps) or not all(0 <= s <= 4 for s in self.stagger)):
             raise ConfigError(f"sampler.stagger needs one value in [0, 4] per level, got {list(self.stagger)}")
+        object.__setattr__(self, "lag", tuple(float(s) for s in self.lag))
+        if self.lag and (len(self.lag) != len(self.steps) or not all(0 <= s <= 64 for s in self.lag)):
+            raise ConfigError(f"sampler.lag needs one number of steps in [0, 64] per level, got {list(self.lag)}")
+        if self.lag and self.stagger and any(a and b for a, b in zip(self.lag, self.stagger)):
+            raise ConfigError(f"sampler.stagger {list(self.stagger)} and sampler.lag {list(self.lag)} both set a "
+                              "level's lag", hint="give each level one of them (0 in the other)")
         object.__setattr__(self, "shift", tuple(float(s) for s in self.shift))
         object.__setattr__(self, "noise_correlation", tuple(float(c) for c in self.noise_correlation))
         if self.noise_correlation and (len(self.noise_correlation) != len(self.steps)
@@ -300,7 +311,13 @@ class TrainConfig:
     batch_latent_frames: int = 0  # cap on latent frames per batch (long clips come in smaller batches); 0: none
     caption_dropout: float = 0.0  # share of DiT samples trained with an empty prompt (for guidance)
     stage2_multimask: float = 0.0  # share of stage-2 samples with extra anchors: first, first+last or a context
-    frame_noise: float = 0.0  # share of DiT samples whose latent frames each draw their own time (diffusion forcing)
+    # share of DiT samples whose latent frames each have their own time (diffusion forcing): one share, or one per
+    # level (coarse to fine); frame_noise_mode "independent" draws each frame's time on its own, "rolling" makes
+    # the times rise with the frame index as a sampler with sampler.lag walks them, each latent frame up to
+    # frame_noise_lag of the schedule behind the one before
+    frame_noise: float | tuple[float, ...] = 0.0
+    frame_noise_mode: str = "independent"
+    frame_noise_lag: float = 0.25
     vae_focus: float = 0.0  # extra VAE loss weight on pixels unlike the frame's dominant colour
     dit_focus: float = 0.0  # extra DiT loss weight on latent cells that show an object
     decoder_steps: int = 0  # after the DiT: the VAE decoder alone on the frozen encoder's latents (0: none)
@@ -326,9 +343,21 @@ class TrainConfig:
             raise ConfigError(f"train.clip_frames must be 4k+1 (k >= 1), got {self.clip_frames}")
         if not 0 <= self.max_conditioned <= 1 or not 0 <= self.ema_decay < 1:
             raise ConfigError("train.max_conditioned must be in [0, 1] and train.ema_decay in [0, 1)")
-        for name in ("caption_dropout", "stage2_multimask", "frame_noise"):
+        for name in ("caption_dropout", "stage2_multimask"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"train.{name} is a share of samples in [0, 1], got {getattr(self, name)}")
+        shares = self.frame_noise if isinstance(self.frame_noise, (list, tuple)) else (self.frame_noise,)
+        if not shares or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                                 for v in shares):
+            raise ConfigError(f"train.frame_noise is a share of samples in [0, 1], or one per level, got "
+                              f"{self.frame_noise!r}")
+        if isinstance(self.frame_noise, (list, tuple)):
+            object.__setattr__(self, "frame_noise", tuple(float(v) for v in self.frame_noise))
+        if self.frame_noise_mode not in FRAME_NOISE_MODES:
+            raise ConfigError(f"unknown train.frame_noise_mode {self.frame_noise_mode!r}",
+                              hint=f"use one of: {', '.join(FRAME_NOISE_MODES)}")
+        if not 0 < self.frame_noise_lag <= 1:
+            raise ConfigError(f"train.frame_noise_lag is a share of the schedule in (0, 1], got {self.frame_noise_lag}")
         object.__setattr__(self, "stage2_levels", tuple(float(w) for w in self.stage2_levels))
         object.__setattr__(self, "noise_correlation", tuple(float(c) for c in self.noise_correlation))
         if not all(0 <= c < 1 for c in self.noise_correlation):
@@ -380,6 +409,9 @@ class Preset:
         levels = len(self.video.frame_intervals)
         if self.train and self.train.noise_correlation and len(self.train.noise_correlation) != levels:
             raise ConfigError(f"preset {self.name}: train.noise_correlation needs one value per level ({levels})")
+        if self.train and isinstance(self.train.frame_noise, tuple) and len(self.train.frame_noise) != levels:
+            raise ConfigError(f"preset {self.name}: train.frame_noise needs one share per level ({levels}), or one "
+                              f"for all, got {list(self.train.frame_noise)}")
 
 
 def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") -> T:

@@ -48,6 +48,7 @@ class LevelSampling:
     noise_correlation: float = 0.0
     noise_prior: str = "mixed"
     stagger: float = 0.0  # later latent frames lag behind the earlier ones (sampling.staggered_schedule)
+    lag: float = 0.0  # each latent frame starts this many steps after the one before (sampling.rolling_schedule)
 
     @classmethod
     def for_level(cls, preset: Preset, interval: int, steps: int | None = None) -> "LevelSampling":
@@ -56,7 +57,8 @@ class LevelSampling:
         sampler = preset.sampler
         return cls(steps if steps is not None else sampler.steps[index], sampler.shift[index], sampler.guidance,
                    sampler.guidance_scale, sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
-                   sampler.noise_prior, sampler.stagger[index] if sampler.stagger else 0.0)
+                   sampler.noise_prior, sampler.stagger[index] if sampler.stagger else 0.0,
+                   sampler.lag[index] if sampler.lag else 0.0)
 
     @property
     def guided(self) -> bool:
@@ -120,7 +122,8 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
         batches += [members[i:i + size] for i in range(0, len(members), size)]
     schedules = [_schedule(settings, level.chunks[members[0]].latent_frames) for members in batches]
     total = sum(len(sigmas) for sigmas, _ in schedules)
-    steps = f"{settings.steps} steps" + (f", staggered {settings.stagger:g}" if settings.stagger else "")
+    steps = (f"{settings.steps} steps" + (f", staggered {settings.stagger:g}" if settings.stagger else "")
+             + (f", each latent frame {settings.lag:g} steps behind" if settings.lag else ""))
     with progress.task(f"{_fps_name(level)}: {len(level.chunks)} chunk(s), {steps}", total) as advance:
         for members, (sigmas, next_sigmas) in zip(batches, schedules):
             y = torch.stack([conditions[i] for i in members]).to(device, dtype)  # [b, 4+z, F, h, w]
@@ -156,6 +159,8 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
 
 def _schedule(settings: LevelSampling, latent_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sigmas, next_sigmas)`` of a chunk: ``[steps]`` each, or ``[S, latent_frames]`` when staggered."""
+    if settings.lag:
+        return sampling.rolling_schedule(settings.steps, settings.shift, latent_frames, settings.lag)
     if settings.stagger:
         return sampling.staggered_schedule(settings.steps, settings.shift, latent_frames, settings.stagger)
     sigmas, _ = sampling.flow_schedule(settings.steps, settings.shift)

@@ -369,6 +369,7 @@ class LevelCost:
     activation_bytes: int
     chunk_activation_bytes: int
     attention_scores_bytes: int
+    lagged_steps: int = 0  # the most steps a chunk takes when its later latent frames lag (0: ``steps``)
 
 
 @dataclass(frozen=True)
@@ -398,25 +399,38 @@ def forward_flops(dit: DiTConfig, tokens: int, text_len: int) -> int:
     return 2 * (per_token * tokens + per_text * text_len) + attention
 
 
+def lagged_steps(steps: int, latent: int, stagger: float = 0.0, lag: float = 0.0) -> int:
+    """DiT steps of a chunk of ``latent`` latent frames whose later frames lag (as
+    :func:`tempo_cli.sampling.staggered_schedule` and :func:`tempo_cli.sampling.rolling_schedule` walk them):
+    ``steps`` plus the last frame's lag."""
+    if lag:
+        return steps + round((latent - 1) * lag)
+    return steps + (round(stagger * steps) if latent > 1 else 0)
+
+
 def _level_cost(dit: DiTConfig, interval: int, frames: Sequence[int], per_latent: int, steps: int, passes: int,
-                text_len: int, dtype_bytes: int) -> LevelCost:
+                text_len: int, dtype_bytes: int, stagger: float = 0.0, lag: float = 0.0) -> LevelCost:
     tokens = [latent_frames(f) // dit.patch_size[0] * per_latent for f in frames]
-    flops = sum(forward_flops(dit, t, text_len) for t in tokens) * steps * passes
+    flops = sum(forward_flops(dit, t, text_len) * lagged_steps(steps, latent_frames(f), stagger, lag)
+                for t, f in zip(tokens, frames)) * passes
     chunks, peak = len(tokens), max(tokens)
     batch = chunks * passes  # the guidance passes run as one batch
     per_token = 2 * dit.dim * 4 + max(2 * dit.ffn_dim, 4 * dit.dim) * dtype_bytes
     scores = batch * dit.num_heads * peak * peak * dtype_bytes
+    most = max(lagged_steps(steps, latent_frames(f), stagger, lag) for f in frames)
     return LevelCost(interval, chunks, steps, passes, peak, flops, batch * peak * per_token,
-                     passes * peak * per_token, scores)
+                     passes * peak * per_token, scores, most if most != steps else 0)
 
 
 def estimate_cost(plan: Plan, dit: DiTConfig, steps: int | Sequence[int], guidance: bool = True, text_len: int = 512,
                   dtype_bytes: int = 2, one_shot_steps: int | None = None,
-                  spatial_factor: int = SPATIAL_FACTOR) -> CostEstimate:
+                  spatial_factor: int = SPATIAL_FACTOR, stagger: Sequence[float] = (),
+                  lag: Sequence[float] = ()) -> CostEstimate:
     """Estimated FLOPs and activation memory per level of ``plan`` for the DiT of ``dit`` (a DiTConfig).
 
-    ``steps`` per level (or one count for all); ``guidance`` doubles the forwards (CFG/APG). The one-shot
-    baseline generates the final level's frames as a single chunk with ``one_shot_steps`` (default: the
+    ``steps`` per level (or one count for all); ``guidance`` doubles the forwards (CFG/APG); ``stagger`` and
+    ``lag`` per level (the sampler's; () for none) add each chunk's lagging steps (:func:`lagged_steps`). The
+    one-shot baseline generates the final level's frames as a single chunk with ``one_shot_steps`` (default: the
     blueprint's). Token counts use ``dit.patch_size`` on the latent grid of a VAE with ``spatial_factor``.
     """
     counts = (steps,) * len(plan.levels) if isinstance(steps, int) else tuple(steps)
@@ -427,8 +441,12 @@ def estimate_cost(plan: Plan, dit: DiTConfig, steps: int | Sequence[int], guidan
     per_latent = (plan.height // (spatial_factor * dit.patch_size[1])) * (
         plan.width // (spatial_factor * dit.patch_size[2]))
     passes = 2 if guidance else 1
+    staggers = tuple(stagger) or (0.0,) * len(plan.levels)
+    lags = tuple(lag) or (0.0,) * len(plan.levels)
+    if len(staggers) != len(plan.levels) or len(lags) != len(plan.levels):
+        raise ConfigError(f"stagger and lag need one value per level ({len(plan.levels)}), got {stagger!r}, {lag!r}")
     levels = tuple(_level_cost(dit, lv.interval, [c.frames for c in lv.chunks], per_latent, n, passes, text_len,
-                               dtype_bytes) for lv, n in zip(plan.levels, counts))
+                               dtype_bytes, st, lg) for lv, n, st, lg in zip(plan.levels, counts, staggers, lags))
     one_shot = _level_cost(dit, plan.final.interval, [plan.final.frames], per_latent,
                            one_shot_steps or counts[0], passes, text_len, dtype_bytes)
     return CostEstimate(levels, one_shot)

@@ -49,14 +49,34 @@ def staggered_schedule(steps: int, shift: float, frames: int, stagger: float) ->
     a frame that is done stays at 0. So the last frame lags the first by ``stagger`` of a whole schedule, and
     ``S = steps + lag of the last frame``. ``stagger`` 0 is :func:`flow_schedule` for every frame.
     """
-    sigmas, _ = flow_schedule(steps, shift)
     if isinstance(stagger, bool) or not isinstance(stagger, (int, float)) or not 0 <= stagger < math.inf:
         raise ConfigError(f"sampler stagger must be a finite number >= 0, got {stagger!r}",
                           "use 0 (every frame together) to 1 (the last frame starts as the first ends)")
+    _check_frames(frames)
+    return _lagged_schedule(steps, shift, torch.arange(frames, dtype=torch.float64) * stagger * steps
+                            / max(frames - 1, 1))
+
+
+def rolling_schedule(steps: int, shift: float, frames: int, lag: float) -> tuple[Tensor, Tensor]:
+    """Like :func:`staggered_schedule`, but each latent frame starts ``lag`` steps after the one before
+    (frame ``k``: ``round(k * lag)``), however many frames the chunk has: neighbours keep the same distance in
+    long chunks too, and ``S = steps + round((frames - 1) * lag)`` grows with the chunk."""
+    if isinstance(lag, bool) or not isinstance(lag, (int, float)) or not 0 <= lag < math.inf:
+        raise ConfigError(f"sampler lag must be a finite number of steps >= 0, got {lag!r}")
+    _check_frames(frames)
+    return _lagged_schedule(steps, shift, torch.arange(frames, dtype=torch.float64) * lag)
+
+
+def _check_frames(frames: int) -> None:
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ConfigError(f"a staggered schedule needs a whole number of latent frames >= 1, got {frames!r}")
+
+
+def _lagged_schedule(steps: int, shift: float, lags: Tensor) -> tuple[Tensor, Tensor]:
+    """Frame ``k`` walks the flow schedule ``round(lags[k])`` steps after step 0 (see :func:`staggered_schedule`)."""
+    sigmas, _ = flow_schedule(steps, shift)
     grid = torch.cat([sigmas, sigmas.new_zeros(1)])  # [steps + 1]: the sigma after j steps
-    lags = torch.round(torch.arange(frames, dtype=torch.float64) * stagger * steps / max(frames - 1, 1)).long()
+    lags = torch.round(lags).long()
     index = torch.arange(steps + int(lags[-1]))[:, None] - lags[None]  # [S, F]: steps frame k has taken
     return grid[index.clamp(0, steps)], grid[(index + 1).clamp(0, steps)]
 

@@ -411,7 +411,8 @@ class Trainer:
         def step(i: int):
             target, condition, step_intervals, captions, focus = next_batch(i)
             t = training.sample_frame_timesteps(torch_rng, len(captions), target.shape[2], self.cfg.timestep_shift,
-                                                self.cfg.frame_noise)
+                                                training.frame_noise_shares(self.preset, step_intervals),
+                                                self.cfg.frame_noise_mode, self.cfg.frame_noise_lag)
             noise = training.training_noise(torch_rng, target.shape, step_intervals, self.preset)
             rope = training.rope_positions(torch_rng, step_intervals, target.shape[2], self.cfg.t_max)
             keep = (torch.rand(len(captions), generator=torch_rng) >= self.cfg.caption_dropout).float()

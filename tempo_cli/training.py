@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from tempo_cli.conditions import condition_video, pack_mask
-from tempo_cli.config import Preset, TrainConfig
+from tempo_cli.config import FRAME_NOISE_MODES, Preset, TrainConfig
 from tempo_cli.errors import ConfigError
 from tempo_cli.sampling import correlate_frames
 
@@ -197,14 +197,40 @@ def sample_timesteps(rng: torch.Generator, n: int, shift: float) -> torch.Tensor
     return shift * u / (1 + (shift - 1) * u)
 
 
-def sample_frame_timesteps(rng: torch.Generator, n: int, frames: int, shift: float, share: float) -> torch.Tensor:
+def sample_frame_timesteps(rng: torch.Generator, n: int, frames: int, shift: float, share: float | torch.Tensor,
+                           mode: str = "independent", most_lag: float = 0.25) -> torch.Tensor:
     """Flow-matching times for ``n`` samples of ``frames`` latent frames, ``[n, frames]``: a share ``share`` of the
-    samples draw one time per latent frame (diffusion forcing), the rest one time for all their frames."""
+    samples (one share for all, or ``[n]``, one per sample) give their latent frames their own times (diffusion
+    forcing), the rest one time for all their frames.
+
+    ``mode`` "independent": each latent frame draws its time on its own. "rolling": the times rise with the frame
+    index as a staggered sampler walks them (:func:`tempo_cli.sampling.rolling_schedule`): frame ``k`` is at
+    schedule position ``p0 - k * lag`` (clamped to [0, 1]; 0 is pure noise, 1 clean) with ``lag ~ U(0,
+    most_lag]`` and ``p0`` uniform over the whole walk, so earlier frames are cleaner, the first ones often clean
+    and the last ones often pure noise."""
+    if mode not in FRAME_NOISE_MODES:
+        raise ConfigError(f"unknown frame noise mode {mode!r}", hint=f"use one of: {', '.join(FRAME_NOISE_MODES)}")
     t = sample_timesteps(rng, n, shift)[:, None].expand(n, frames)
-    if share <= 0:
+    share = torch.as_tensor(share, dtype=torch.float32).expand(n)
+    if not bool((share > 0).any()):
         return t.contiguous()
-    own = sample_timesteps(rng, n * frames, shift).view(n, frames)
+    if mode == "independent":
+        own = sample_timesteps(rng, n * frames, shift).view(n, frames)
+    else:
+        lag = most_lag * (1 - torch.rand(n, 1, generator=rng))  # (0, most_lag]
+        start = torch.rand(n, 1, generator=rng) * (1 + (frames - 1) * lag)
+        position = (start - torch.arange(frames)[None] * lag).clamp(0, 1)
+        u = (1 - position).clamp(1e-3, 1 - 1e-3)
+        own = shift * u / (1 + (shift - 1) * u)
     return torch.where((torch.rand(n, generator=rng) < share)[:, None], own, t)
+
+
+def frame_noise_shares(preset: Preset, intervals: torch.Tensor) -> torch.Tensor:
+    """``train.frame_noise`` for each sample of a batch at frame ``intervals [B]``: ``[B]``."""
+    shares = preset.train.frame_noise
+    if not isinstance(shares, tuple):
+        return torch.full((len(intervals),), float(shares))
+    return torch.tensor([shares[preset.video.level_index(int(s))] for s in intervals])
 
 
 def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.Tensor, preset: Preset) -> torch.Tensor:

@@ -15,7 +15,7 @@ from tempo_cli.config import TEMPOMASTER_14B_DIT, DiTConfig
 from tempo_cli.errors import ConfigError
 from tempo_cli.plan import (
     LAYOUTS, Plan, condition_layout, default_chunks, estimate_cost, forward_flops, intervals_from_fps, join,
-    latent_frames, make_plan, max_seamless_chunks, plan_to_dict, reference_condition_layout,
+    lagged_steps, latent_frames, make_plan, max_seamless_chunks, plan_to_dict, reference_condition_layout,
 )
 
 INTERVALS = [(4, 2, 1), (4, 1), (4, 2), (2, 1), (8, 4, 2, 1), (8, 2, 1), (8, 1), (6, 3, 1), (6, 2), (12, 4, 2, 1)]
@@ -294,6 +294,21 @@ def test_cost_counts_chunks_steps_and_guidance():
     assert cost.levels[2].activation_bytes == 4 * 2 * 8 * 24 * (2 * 12 * 4 + 4 * 12 * 2)
     assert cost.levels[2].chunk_activation_bytes == cost.levels[2].activation_bytes // 4
     assert cost.levels[2].attention_scores_bytes == 4 * 2 * 2 * (8 * 24) ** 2 * 2
+
+
+def test_cost_counts_the_steps_that_lagging_frames_add():
+    plan = make_plan(29, height=64, width=96)  # blueprint: one chunk of 8 latent frames
+    dit = tiny_dit()
+    plain = estimate_cost(plan, dit, (10, 5, 5), text_len=8)
+    rolling = estimate_cost(plan, dit, (10, 5, 5), text_len=8, lag=(2.0, 0.0, 0.0))
+    staggered = estimate_cost(plan, dit, (10, 5, 5), text_len=8, stagger=(0.5, 0.0, 0.0))
+    assert rolling.levels[0].flops == plain.levels[0].flops * (10 + 7 * 2) // 10
+    assert staggered.levels[0].flops == plain.levels[0].flops * (10 + 5) // 10
+    assert rolling.levels[1:] == plain.levels[1:] == staggered.levels[1:]
+    assert (plain.levels[0].lagged_steps, rolling.levels[0].lagged_steps, staggered.levels[0].lagged_steps) == (0, 24, 15)
+    assert lagged_steps(10, 1, 0.5, 0.0) == lagged_steps(10, 1, 0.0, 2.0) == 10  # one frame: nothing lags
+    with pytest.raises(ConfigError, match="one value per level"):
+        estimate_cost(plan, dit, (10, 5, 5), lag=(2.0,))
 
 
 @pytest.mark.parametrize("intervals, chunks", [((4, 2, 1), (1, 2, 4)), ((4, 2, 1), (1, 4, 8)), ((4, 1), (1, 4)),

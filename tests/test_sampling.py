@@ -22,6 +22,7 @@ from tempo_cli.sampling import (
     initial_noise,
     next_sigmas,
     noise_seed,
+    rolling_schedule,
     staggered_schedule,
     velocity_to_x0,
     x0_to_velocity,
@@ -239,6 +240,26 @@ def test_invalid_stagger_raises_config_error(stagger, frames):
         staggered_schedule(8, 3.0, frames, stagger)
 
 
+def test_rolling_schedule_keeps_neighbours_a_fixed_number_of_steps_apart():
+    for frames in (3, 12):
+        sigmas, following = rolling_schedule(6, 3.0, frames, 1.5)
+        lags = [round(k * 1.5) for k in range(frames)]
+        assert sigmas.shape == following.shape == (6 + lags[-1], frames)
+        flat, _ = flow_schedule(6, 3.0)
+        for k, lag in enumerate(lags):
+            assert bool((sigmas[:lag, k] == 1).all()) and torch.equal(sigmas[lag:lag + 6, k], flat)
+            assert bool((sigmas[lag + 6:, k] == 0).all())
+        assert torch.equal(following[:-1], sigmas[1:]) and bool((following[-1] == 0).all())
+    torch.testing.assert_close(rolling_schedule(8, 1.0, 5, 1.0), staggered_schedule(8, 1.0, 5, 0.5))
+    assert torch.equal(rolling_schedule(6, 3.0, 4, 0.0)[0], staggered_schedule(6, 3.0, 4, 0.0)[0])
+
+
+@pytest.mark.parametrize("lag, frames", [(-1.0, 4), (math.inf, 4), (True, 4), (2.0, 0)])
+def test_invalid_lag_raises_config_error(lag, frames):
+    with pytest.raises(ConfigError, match="lag|latent frames"):
+        rolling_schedule(8, 3.0, frames, lag)
+
+
 class _Recorder(torch.nn.Module):
     """A stand-in DiT: records the timesteps it is given and returns a velocity of ones."""
 
@@ -252,20 +273,21 @@ class _Recorder(torch.nn.Module):
         return torch.ones_like(z)
 
 
-@pytest.mark.parametrize("stagger", [0.0, 0.5])
-def test_denoise_level_walks_each_latent_frame_along_its_schedule(stagger):
+@pytest.mark.parametrize("stagger, lag", [(0.0, 0.0), (0.5, 0.0), (0.0, 3.0)])
+def test_denoise_level_walks_each_latent_frame_along_its_schedule(stagger, lag):
     from tempo_cli import pipeline
     from tempo_cli.plan import make_plan
 
     level = make_plan(17, (4,), (1,), height=16, width=16).levels[0]  # one chunk of 5 latent frames
-    settings = pipeline.LevelSampling(steps=8, shift=3.0, guidance="none", guidance_scale=1.0, stagger=stagger)
+    settings = pipeline.LevelSampling(steps=8, shift=3.0, guidance="none", guidance_scale=1.0, stagger=stagger,
+                                      lag=lag)
     dit = _Recorder()
     y = torch.zeros(4 + 4, 5, 2, 2)
     (z,) = pipeline.denoise_level(dit, level, [y], torch.zeros(3, 8), None, settings, seed=1)
     start = initial_noise((4, 5, 2, 2), 1, level.interval, 0)
-    sigmas, _ = staggered_schedule(8, 3.0, 5, stagger)
-    assert len(dit.calls) == len(sigmas) == 8 + round(stagger * 8)
-    if stagger:
+    sigmas, _ = rolling_schedule(8, 3.0, 5, lag) if lag else staggered_schedule(8, 3.0, 5, stagger)
+    assert len(dit.calls) == len(sigmas) == 8 + round(stagger * 8) + round(4 * lag)
+    if stagger or lag:
         assert torch.equal(torch.stack(dit.calls)[:, 0], sigmas * 1000)  # one time per latent frame
     else:
         assert torch.equal(torch.stack(dit.calls)[:, 0], sigmas[:, 0] * 1000)  # one time per sample, as always

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -206,6 +207,38 @@ def test_frame_timesteps_are_shared_or_drawn_per_latent_frame():
     half = training.sample_frame_timesteps(rng, 400, 5, 3.0, 0.5)
     apart = float((half.std(dim=1) > 0).float().mean())
     assert 0.4 < apart < 0.6
+
+
+def test_rolling_frame_timesteps_rise_with_the_frame_index():
+    rng = torch.Generator().manual_seed(0)
+    t = training.sample_frame_timesteps(rng, 2000, 9, 3.0, 1.0, mode="rolling", most_lag=0.25)
+    assert t.shape == (2000, 9) and 0 < t.min() and t.max() < 1
+    assert bool((t[:, 1:] >= t[:, :-1]).all())  # earlier frames are never noisier
+    assert bool((t[:, 1:] > t[:, :-1]).any(dim=1).float().mean() > 0.95)  # and almost always some are cleaner
+    clean_first, noise_last = float((t[:, 0] < 0.01).float().mean()), float((t[:, -1] > 0.99).float().mean())
+    assert 0.1 < clean_first < 0.6 and 0.1 < noise_last < 0.6  # the walk starts and ends inside the clip
+    per_sample = torch.tensor([0.0, 1.0]).repeat(100)  # one share per sample: the first of each pair shares a time
+    mixed = training.sample_frame_timesteps(rng, 200, 9, 3.0, per_sample, mode="rolling")
+    assert torch.equal(mixed[::2], mixed[::2, :1].expand(100, 9)) and bool((mixed[1::2].std(dim=1) > 0).all())
+    with pytest.raises(ConfigError, match="frame noise mode"):
+        training.sample_frame_timesteps(rng, 4, 9, 3.0, 1.0, mode="backwards")
+
+
+def test_frame_noise_can_be_set_per_level():
+    base = load_preset("toy-init")
+    preset = dataclasses.replace(base, train=dataclasses.replace(base.train, frame_noise=(0.8, 0.0, 0.2)))
+    assert preset.train.frame_noise == (0.8, 0.0, 0.2)
+    torch.testing.assert_close(training.frame_noise_shares(preset, torch.tensor([4, 1, 2, 4])),
+                               torch.tensor([0.8, 0.2, 0.0, 0.8]))
+    one = dataclasses.replace(base, train=dataclasses.replace(base.train, frame_noise=0.5))
+    torch.testing.assert_close(training.frame_noise_shares(one, torch.tensor([4, 1])), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ConfigError, match="frame_noise needs one share per level"):
+        dataclasses.replace(base, train=dataclasses.replace(base.train, frame_noise=(0.8, 0.0)))
+    for bad in (1.5, (0.5, -0.1, 0.0), ()):
+        with pytest.raises(ConfigError, match="frame_noise"):
+            dataclasses.replace(base.train, frame_noise=bad)
+    with pytest.raises(ConfigError, match="frame_noise_mode"):
+        dataclasses.replace(base.train, frame_noise_mode="sideways")
 
 
 def test_flow_matching_loss_noises_each_latent_frame_at_its_own_time():
@@ -443,6 +476,13 @@ def test_training_noise_is_correlated_as_the_train_section_says_level_by_level(t
     assert neighbours[0] > 0.8 and abs(neighbours[1]) < 0.15  # only the blueprint level is correlated
     for bad, message in (("sampler.noise_prior=pink", "sampler.noise_prior must be one of mixed, progressive"),
                          ("train.noise_prior=pink", "train.noise_prior must be one of mixed, progressive"),
-                         ("train.noise_correlation=[0.5]", "train.noise_correlation needs one value per level")):
+                         ("train.noise_correlation=[0.5]", "train.noise_correlation needs one value per level"),
+                         ("sampler.lag=[2]", "sampler.lag needs one number of steps"),
+                         ("sampler.lag=[2,0,-1]", "sampler.lag needs one number of steps"),
+                         ("sampler.stagger=[0.5,0,0]", None), ("sampler.lag=[3,0,0]", None),
+                         ("sampler.stagger=[0.5,0,0] sampler.lag=[3,0,0]", "both set a level's lag")):
+        if message is None:
+            load_preset("tiny-train", bad.split())  # valid on its own
+            continue
         with pytest.raises(ConfigError, match=message):
-            load_preset("tiny-train", [bad])
+            load_preset("tiny-train", bad.split())
