@@ -13,7 +13,10 @@ README's "What holds it back".
   their own caption, with its motion words swapped (left <-> right, up <-> down) and with its colour swapped (a
   word the model uses raises the loss when it is wrong), from noise alone, and on latent frames 2+ with the first
   5 frames given as conditions or latent frames 0-1 given clean at their own time 0 (a model that carries what it
-  is given forward in time has a lower loss there than from noise).
+  is given forward in time has a lower loss there than from noise);
+* next frame: the velocity loss on one latent frame k (1, 3, 5) at t = 0.8 and 0.95 as a rolling sampler sees it
+  (frames before it clean, frames after it pure noise), with the own caption and with the motion swapped, against
+  the frames before it noised to t too (nothing given).
 
     python benchmarks/toy_probes.py [--preset toy] [--seeds 4] [--clips 24] [--threads N]
 """
@@ -109,17 +112,25 @@ MOTION_SWAP = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 @torch.no_grad()
+def direction_clips(session, count: int) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``count`` 6 fps world clips of objects moving left, right, up or down (every colour, shape and background in
+    turn, seeds from 2000): their captions, the videos ``[N, 3, FRAMES, H, W]`` in the DiT's dtype, their clean
+    latents and their RoPE indices."""
+    colours = list(COLOURS)
+    captions = [f"a {colours[i % len(colours)]} {SHAPES[i % len(SHAPES)]} {DIRECTIONS[i % len(DIRECTIONS)]} on a "
+                f"{list(BACKGROUNDS)[i % len(BACKGROUNDS)]} background" for i in range(count)]
+    videos = render_clips(captions, 2000).to(next(session.store.dit().parameters()).dtype)
+    x0 = session.store.vae().encode(videos).float()
+    return captions, videos, x0, (torch.arange(x0.shape[2]) * INTERVAL)[None].expand(count, -1)
+
+
 def caption_swaps(session, count: int) -> None:
     dit, vae = session.store.dit(), session.store.vae()
     encoder, tokenizer = session.store.text_encoder()
     dtype = next(dit.parameters()).dtype
     colours = list(COLOURS)
     colour_swap = {c: colours[(i + len(colours) // 2) % len(colours)] for i, c in enumerate(colours)}
-    captions = [f"a {colours[i % len(colours)]} {SHAPES[i % len(SHAPES)]} {DIRECTIONS[i % len(DIRECTIONS)]} on a "
-                f"{list(BACKGROUNDS)[i % len(BACKGROUNDS)]} background" for i in range(count)]
-    videos = render_clips(captions, 2000).to(dtype)
-    x0 = vae.encode(videos).float()
-    rope = (torch.arange(x0.shape[2]) * INTERVAL)[None].expand(count, -1)
+    captions, videos, x0, rope = direction_clips(session, count)
     given = torch.zeros(count, FRAMES, dtype=dtype)
     given[:, :5] = 1  # pixel frames 0-4: latent frames 0 and 1
     nothing = condition_latents(vae, torch.zeros_like(videos), torch.zeros_like(given))
@@ -142,6 +153,25 @@ def caption_swaps(session, count: int) -> None:
                   + ", ".join(f"{name} {loss:.4f}" for name, loss in losses.items()))
 
 
+@torch.no_grad()
+def next_frame(session, count: int) -> None:
+    dit, vae = session.store.dit(), session.store.vae()
+    encoder, tokenizer = session.store.text_encoder()
+    captions, videos, x0, rope = direction_clips(session, count)
+    frames = x0.shape[2]
+    nothing = condition_latents(vae, torch.zeros_like(videos), torch.zeros(count, FRAMES, dtype=videos.dtype))
+    own = encode_prompts(encoder, tokenizer, captions)
+    swapped = encode_prompts(encoder, tokenizer, [probes.swap_words(c, MOTION_SWAP) for c in captions])
+    for k in (1, 3, 5):
+        for t in (0.8, 0.95):
+            given, alone = probes.next_frame_times(frames, k, t), probes.next_frame_times(frames, k, t, context=False)
+            loss = {name: probes.velocity_loss(dit, x0, times, context, nothing, rope, seed=7, frames=slice(k, k + 1))
+                    for name, times, context in (("own", given, own), ("swapped", given, swapped),
+                                                 ("alone", alone, own))}
+            print(f"next frame k={k} t={t}: earlier frames clean: own caption {loss['own']:.3f}, motion swapped "
+                  f"{loss['swapped']:.3f}; nothing given {loss['alone']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="toy")
@@ -155,6 +185,7 @@ def main() -> None:
     motion_words(session, args.seeds)
     high_noise(session, args.clips)
     caption_swaps(session, args.clips)
+    next_frame(session, args.clips)
 
 
 if __name__ == "__main__":

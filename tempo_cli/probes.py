@@ -11,6 +11,9 @@ its videos. ``benchmarks/toy_probes.py`` prints them for a preset.
   in the prompt's motion should not share a track.
 * :func:`velocity_loss` with :func:`swap_words`: how much a word of the prompt matters, as the rise of the
   velocity loss on true clips when the caption names another motion or colour (none: the word is not used).
+* :func:`next_frame_times`: the times of a rolling sampler's view of one latent frame (the ones before it clean,
+  the ones after it pure noise), for :func:`velocity_loss` on that frame: whether the model continues what it is
+  given, and which way the motion word makes it go.
 """
 
 from __future__ import annotations
@@ -100,3 +103,19 @@ def velocity_loss(dit, x0: torch.Tensor, t: float | torch.Tensor, context: torch
     timestep = (times * 1000)[None].expand(x0.shape[0], -1) if len(times) > 1 else (times * 1000).expand(x0.shape[0])
     velocity = dit(z.to(dtype), timestep, context.to(dtype), y.to(dtype), rope).float()
     return float((velocity - (noise - x0.float()))[:, :, frames].square().mean())
+
+
+PURE_NOISE = 0.999  # the time of a latent frame that has not started (the DiT never sees exactly 1)
+
+
+def next_frame_times(frames: int, k: int, t: float, context: bool = True) -> torch.Tensor:
+    """One time per latent frame ``[frames]`` for :func:`velocity_loss` on latent frame ``k`` at time ``t``: the
+    frames before ``k`` clean (``context``; else at ``t`` too, nothing given) and the frames after it pure noise,
+    as a rolling sampler (``sampler.lag``) runs a chunk."""
+    if not 0 <= k < frames or not 0 <= t < 1:
+        raise ValueError(f"need 0 <= k < frames ({frames}) and t in [0, 1), got k={k}, t={t}")
+    times = torch.full((frames,), PURE_NOISE)
+    times[:k] = 0.0 if context else t
+    times[k] = t
+    return times
+

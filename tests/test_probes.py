@@ -157,3 +157,16 @@ def test_velocity_loss_with_a_time_per_latent_frame():
     assert torch.allclose(dit.timestep, torch.tensor([500.0, 500.0]))
     with pytest.raises(ValueError, match="one per latent frame"):
         probes.velocity_loss(dit, x0, torch.tensor([0.1, 0.2]), context, y, rope)
+
+
+def test_next_frame_times_are_a_rolling_samplers_view_of_one_frame():
+    times = probes.next_frame_times(6, 2, 0.9)
+    torch.testing.assert_close(times, torch.tensor([0.0, 0.0, 0.9, probes.PURE_NOISE, probes.PURE_NOISE,
+                                                    probes.PURE_NOISE]))
+    torch.testing.assert_close(probes.next_frame_times(3, 1, 0.5, context=False),
+                               torch.tensor([0.5, 0.5, probes.PURE_NOISE]))
+    assert probes.next_frame_times(4, 0, 0.7)[0] == 0.7
+    for k, t in ((4, 0.5), (-1, 0.5), (1, 1.0)):
+        with pytest.raises(ValueError, match="need 0 <= k"):
+            probes.next_frame_times(4, k, t)
+
