@@ -127,11 +127,10 @@ def direction_clips(session, count: int) -> tuple[list[str], torch.Tensor, torch
 def caption_swaps(session, count: int) -> None:
     dit, vae = session.store.dit(), session.store.vae()
     encoder, tokenizer = session.store.text_encoder()
-    dtype = next(dit.parameters()).dtype
     colours = list(COLOURS)
     colour_swap = {c: colours[(i + len(colours) // 2) % len(colours)] for i, c in enumerate(colours)}
     captions, videos, x0, rope = direction_clips(session, count)
-    given = torch.zeros(count, FRAMES, dtype=dtype)
+    given = torch.zeros(count, FRAMES, dtype=videos.dtype)
     given[:, :5] = 1  # pixel frames 0-4: latent frames 0 and 1
     nothing = condition_latents(vae, torch.zeros_like(videos), torch.zeros_like(given))
     conditioned = condition_latents(vae, videos * given[:, None, :, None, None], given)

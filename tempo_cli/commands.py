@@ -30,6 +30,7 @@ def plan(
     """Show the levels, chunks, RoPE indices and estimated cost of a generation (nothing is run)."""
     from stages.blueprint import frame_count
     from stages.refine import parse_ints
+    from tempo_cli.pipeline import LevelSampling
     from tempo_cli.plan import estimate_cost, intervals_from_fps, make_plan, plan_to_dict
     from tempo_cli.presets import load_preset
 
@@ -41,13 +42,11 @@ def plan(
         counts = list(video.chunks)
     count = frame_count(video.fps / intervals[0], frames, seconds, default_seconds=5.0)
     the_plan = make_plan(count, intervals, counts, layout, video.height, video.width, video.fps)
-    steps = [_steps_for(chosen, s) for s in intervals]
-    levels = [video.level_index(s) for s in intervals]
-    sampler = chosen.sampler
-    cost = estimate_cost(the_plan, chosen.dit, steps, guidance=sampler.guidance != "none",
-                         text_len=chosen.text_encoder.text_len, spatial_factor=chosen.vae.spatial_factor,
-                         stagger=[sampler.stagger[i] for i in levels] if sampler.stagger else (),
-                         lag=[sampler.lag[i] for i in levels] if sampler.lag else ())
+    settings = [LevelSampling.for_level(chosen, s) for s in intervals]
+    cost = estimate_cost(the_plan, chosen.dit, [s.steps for s in settings],
+                         guidance=chosen.sampler.guidance != "none", text_len=chosen.text_encoder.text_len,
+                         spatial_factor=chosen.vae.spatial_factor, stagger=[s.stagger for s in settings],
+                         lag=[s.lag for s in settings])
     data = plan_to_dict(the_plan, cost)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -68,12 +67,6 @@ def plan(
     tree.add(f"total {cost.flops / 1e15:.2f} PFLOPs; one-shot generation of the same frames "
              f"{cost.one_shot.flops / 1e15:.2f} PFLOPs ({cost.speedup:.2f}x)")
     stdout.print(tree)
-
-
-def _steps_for(preset, interval: int) -> int:
-    from tempo_cli.pipeline import LevelSampling
-
-    return LevelSampling.for_level(preset, interval).steps
 
 
 def inspect(

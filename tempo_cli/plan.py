@@ -411,13 +411,13 @@ def lagged_steps(steps: int, latent: int, stagger: float = 0.0, lag: float = 0.0
 def _level_cost(dit: DiTConfig, interval: int, frames: Sequence[int], per_latent: int, steps: int, passes: int,
                 text_len: int, dtype_bytes: int, stagger: float = 0.0, lag: float = 0.0) -> LevelCost:
     tokens = [latent_frames(f) // dit.patch_size[0] * per_latent for f in frames]
-    flops = sum(forward_flops(dit, t, text_len) * lagged_steps(steps, latent_frames(f), stagger, lag)
-                for t, f in zip(tokens, frames)) * passes
+    walks = [lagged_steps(steps, latent_frames(f), stagger, lag) for f in frames]
+    flops = sum(forward_flops(dit, t, text_len) * n for t, n in zip(tokens, walks)) * passes
     chunks, peak = len(tokens), max(tokens)
     batch = chunks * passes  # the guidance passes run as one batch
     per_token = 2 * dit.dim * 4 + max(2 * dit.ffn_dim, 4 * dit.dim) * dtype_bytes
     scores = batch * dit.num_heads * peak * peak * dtype_bytes
-    most = max(lagged_steps(steps, latent_frames(f), stagger, lag) for f in frames)
+    most = max(walks)
     return LevelCost(interval, chunks, steps, passes, peak, flops, batch * peak * per_token,
                      passes * peak * per_token, scores, most if most != steps else 0)
 

@@ -193,7 +193,12 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
 
 def sample_timesteps(rng: torch.Generator, n: int, shift: float) -> torch.Tensor:
     """Flow-matching times in (0, 1) with the schedule's shift: ``shift*u / (1 + (shift-1)*u)``, u ~ U(0, 1)."""
-    u = torch.rand(n, generator=rng).clamp(1e-3, 1 - 1e-3)
+    return _shifted(torch.rand(n, generator=rng), shift)
+
+
+def _shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """Schedule positions ``u`` (1: pure noise), kept inside (0, 1), as times with the schedule's shift."""
+    u = u.clamp(1e-3, 1 - 1e-3)
     return shift * u / (1 + (shift - 1) * u)
 
 
@@ -220,8 +225,7 @@ def sample_frame_timesteps(rng: torch.Generator, n: int, frames: int, shift: flo
         lag = most_lag * (1 - torch.rand(n, 1, generator=rng))  # (0, most_lag]
         start = torch.rand(n, 1, generator=rng) * (1 + (frames - 1) * lag)
         position = (start - torch.arange(frames)[None] * lag).clamp(0, 1)
-        u = (1 - position).clamp(1e-3, 1 - 1e-3)
-        own = shift * u / (1 + (shift - 1) * u)
+        own = _shifted(1 - position, shift)
     return torch.where((torch.rand(n, generator=rng) < share)[:, None], own, t)
 
 
@@ -230,7 +234,12 @@ def frame_noise_shares(preset: Preset, intervals: torch.Tensor) -> torch.Tensor:
     shares = preset.train.frame_noise
     if not isinstance(shares, tuple):
         return torch.full((len(intervals),), float(shares))
-    return torch.tensor([shares[preset.video.level_index(int(s))] for s in intervals])
+    return _per_sample(preset, shares, intervals)
+
+
+def _per_sample(preset: Preset, values: Sequence[float], intervals: torch.Tensor) -> torch.Tensor:
+    """A per-level setting ``values`` (coarse to fine) for each sample at frame ``intervals [B]``: ``[B]``."""
+    return torch.tensor([values[preset.video.level_index(int(s))] for s in intervals])
 
 
 def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.Tensor, preset: Preset) -> torch.Tensor:
@@ -241,7 +250,7 @@ def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.
     cfg = preset.train
     if cfg is None or not cfg.noise_correlation:
         return noise
-    correlation = torch.tensor([cfg.noise_correlation[preset.video.level_index(int(s))] for s in intervals])
+    correlation = _per_sample(preset, cfg.noise_correlation, intervals)
     return correlate_frames(noise, correlation, cfg.noise_prior, rng)
 
 
