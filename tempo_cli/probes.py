@@ -25,6 +25,7 @@ import torch
 
 from tempo_cli.models.dit import patch_values
 from tempo_cli.toyworld import DetectedObject
+from tempo_cli.training import flow_matching_loss
 
 
 def invisible_directions(dit, tolerance: float = 0.05) -> torch.Tensor:
@@ -96,13 +97,18 @@ def velocity_loss(dit, x0: torch.Tensor, t: float | torch.Tensor, context: torch
     as diffusion forcing trains and staggered sampling runs)."""
     dtype = next(dit.parameters()).dtype
     times = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
-    if len(times) not in (1, x0.shape[2]):
-        raise ValueError(f"t must be one time or one per latent frame ({x0.shape[2]}), got {len(times)}")
+    batch, _, latent_frames = x0.shape[:3]
+    if len(times) not in (1, latent_frames):
+        raise ValueError(f"t must be one time or one per latent frame ({latent_frames}), got {len(times)}")
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    z = x0.float() + times.view(1, 1, -1, 1, 1) * (noise - x0.float())
-    timestep = (times * 1000)[None].expand(x0.shape[0], -1) if len(times) > 1 else (times * 1000).expand(x0.shape[0])
-    velocity = dit(z.to(dtype), timestep, context.to(dtype), y.to(dtype), rope).float()
-    return float((velocity - (noise - x0.float()))[:, :, frames].square().mean())
+    chosen = torch.zeros(1, 1, latent_frames, 1, 1)
+    chosen[:, :, frames] = 1
+
+    def in_dtype(z, timestep, ctx, cond, positions):
+        return dit(z.to(dtype), timestep, ctx.to(dtype), cond.to(dtype), positions)
+
+    times = times[None].expand(batch, -1) if len(times) > 1 else times.expand(batch)
+    return float(flow_matching_loss(in_dtype, x0.float(), y, context, rope, times, noise, chosen))
 
 
 PURE_NOISE = 0.999  # the time of a latent frame that has not started (the DiT never sees exactly 1)

@@ -47,13 +47,14 @@ class ClipLayout:
 
 def clip_lengths(cfg: TrainConfig) -> list[int]:
     """The 4k+1 clip lengths a run trains on, so that batches stack: 2, 4, 8, ... latent frames, then the
-    longest, ``clip_frames`` (a long blueprint or chunk is a long clip at its level's rate)."""
+    longest, ``clip_frames`` (a long blueprint or chunk is a long clip at its level's rate); none shorter than
+    ``min_clip_frames`` (short clips teach appearance, only long ones show what happens over seconds)."""
     longest = (cfg.clip_frames - 1) // 4 + 1  # latent frames
     latents, n = [], 2
     while n < longest:
         latents.append(n)
         n *= 2
-    return [4 * (n - 1) + 1 for n in (*latents, longest)]
+    return [f for f in (4 * (n - 1) + 1 for n in (*latents, longest)) if f >= cfg.min_clip_frames]
 
 
 def length_weights(lengths: Sequence[int]) -> np.ndarray:

@@ -80,6 +80,12 @@ def test_clip_lengths_double_up_to_the_longest_and_long_batches_are_smaller():
     drawn = [training.stage1_layout(rng, cfg, 1).frames for _ in range(3000)]
     assert set(drawn) == set(lengths) and drawn.count(5) > 3 * drawn.count(193)
     assert training.clip_lengths(CFG) == [5, 9]
+    longer = TrainConfig(stage1_steps=1, stage1_lr=1e-3, stage2_steps=1, stage2_lr=1e-3, clip_frames=193,
+                         min_clip_frames=20)
+    assert training.clip_lengths(longer) == [29, 61, 125, 193]
+    with pytest.raises(ConfigError, match="min_clip_frames"):
+        TrainConfig(stage1_steps=1, stage1_lr=1e-3, stage2_steps=1, stage2_lr=1e-3, clip_frames=29,
+                    min_clip_frames=61)
 
 
 def test_stage2_can_mix_in_multimask_tasks_and_weigh_its_levels():
