@@ -258,17 +258,21 @@ def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.
 def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
                        rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                        weights: torch.Tensor | None = None) -> torch.Tensor:
-    """``|v(z_t, t) - (noise - target)|^2`` with ``z_t = (1 - t) target + t noise``; t in (0, 1), ``[B]``, or
+    """``|v(z_t, t) - (noise - target)|^2`` with ``z_t = (1 - t) target + t noise``; t in [0, 1], ``[B]``, or
     ``[B, F]`` for a time per latent frame. ``weights [B, 1, F, h, w]`` (optional) weigh the latent cells: a
-    weighted mean over them."""
+    weighted mean over them.
+
+    A latent frame at ``t = 0`` is given clean (rolling noise levels start many samples with their first frames
+    done) and carries no loss: its target velocity ``noise - target`` is noise the input does not hold, so it
+    would only add an irreducible error (1 per value) and, for a DiT that predicts the clean latent, a gradient
+    scaled by ``1 / SAMPLE_MIN_T^2``."""
     tt = t.reshape(t.shape[0], 1, -1, 1, 1)
     z_t = (1 - tt) * target + tt * noise
     velocity = dit(z_t, t * 1000, context, condition, rope)
     error = (velocity.float() - (noise - target).float()).square()
-    if weights is None:
-        return error.mean()
-    weights = weights.float().expand_as(error)
-    return (weights * error).sum() / weights.sum()
+    weights = (tt > 0).float() if weights is None else weights.float() * (tt > 0)
+    weights = weights.expand_as(error)
+    return (weights * error).sum() / weights.sum().clamp_min(1)
 
 
 def rope_positions(rng: torch.Generator, intervals: torch.Tensor, latent_frames: int, t_max: int) -> torch.Tensor:

@@ -262,6 +262,23 @@ def test_flow_matching_loss_noises_each_latent_frame_at_its_own_time():
     assert torch.equal(model.t, t * 1000)
 
 
+def test_latent_frames_given_clean_carry_no_loss():
+    class Echo(torch.nn.Module):
+        def forward(self, z_t, t, context, y, rope):
+            return z_t
+
+    target, noise = torch.zeros(1, 1, 3, 1, 1), torch.ones(1, 1, 3, 1, 1)
+    t = torch.tensor([[0.0, 0.25, 1.0]])  # the first frame done, as rolling noise levels often start
+    # the clean frame's error (1: the noise it cannot see) is left out; the others' are (0.75)^2 and 0
+    loss = training.flow_matching_loss(Echo(), target, None, None, None, t, noise)
+    assert loss.item() == pytest.approx(0.75 ** 2 / 2)
+    weighted = training.flow_matching_loss(Echo(), target, None, None, None, t, noise,
+                                           torch.tensor([5.0, 1.0, 3.0]).view(1, 1, 3, 1, 1))
+    assert weighted.item() == pytest.approx(0.75 ** 2 / 4)  # (1 * 0.5625 + 3 * 0) / (1 + 3)
+    everything_clean = torch.zeros(1, 3)
+    assert training.flow_matching_loss(Echo(), target, None, None, None, everything_clean, noise).item() == 0
+
+
 def test_learning_rate_warms_up_then_decays():
     lrs = [training.learning_rate(s, 1.0, 10, 100) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
