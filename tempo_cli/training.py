@@ -272,7 +272,7 @@ def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, conte
     error = (velocity.float() - (noise - target).float()).square()
     weights = (tt > 0).float() if weights is None else weights.float() * (tt > 0)
     weights = weights.expand_as(error)
-    return (weights * error).sum() / weights.sum().clamp_min(1)
+    return (weights * error).sum() / weights.sum().clamp_min(1e-12)  # 0 when every frame is given
 
 
 def rope_positions(rng: torch.Generator, intervals: torch.Tensor, latent_frames: int, t_max: int) -> torch.Tensor:
