@@ -213,7 +213,8 @@ def sample_frame_timesteps(rng: torch.Generator, n: int, frames: int, shift: flo
     index as a staggered sampler walks them (:func:`tempo_cli.sampling.rolling_schedule`): frame ``k`` is at
     schedule position ``p0 - k * lag`` (clamped to [0, 1]; 0 is pure noise, 1 clean) with ``lag ~ U(0,
     most_lag]`` and ``p0`` uniform over the whole walk, so earlier frames are cleaner, the first ones often clean
-    and the last ones often pure noise."""
+    and the last ones often pure noise. A finished frame is at exactly t = 0, as the sampler leaves it, so that
+    :func:`flow_matching_loss` leaves it out."""
     if mode not in FRAME_NOISE_MODES:
         raise ConfigError(f"unknown frame noise mode {mode!r}", hint=f"use one of: {', '.join(FRAME_NOISE_MODES)}")
     t = sample_timesteps(rng, n, shift)[:, None].expand(n, frames)
@@ -226,7 +227,7 @@ def sample_frame_timesteps(rng: torch.Generator, n: int, frames: int, shift: flo
         lag = most_lag * (1 - torch.rand(n, 1, generator=rng))  # (0, most_lag]
         start = torch.rand(n, 1, generator=rng) * (1 + (frames - 1) * lag)
         position = (start - torch.arange(frames)[None] * lag).clamp(0, 1)
-        own = _shifted(1 - position, shift)
+        own = torch.where(position >= 1, 0.0, _shifted(1 - position, shift))  # a finished frame is clean: t = 0
     return torch.where((torch.rand(n, generator=rng) < share)[:, None], own, t)
 
 

@@ -218,8 +218,9 @@ def test_frame_timesteps_are_shared_or_drawn_per_latent_frame():
 def test_rolling_frame_timesteps_rise_with_the_frame_index():
     rng = torch.Generator().manual_seed(0)
     t = training.sample_frame_timesteps(rng, 2000, 9, 3.0, 1.0, mode="rolling", most_lag=0.25)
-    assert t.shape == (2000, 9) and 0 < t.min() and t.max() < 1
+    assert t.shape == (2000, 9) and 0 <= t.min() and t.max() < 1
     assert bool((t[:, 1:] >= t[:, :-1]).all())  # earlier frames are never noisier
+    assert 0.1 < float((t == 0).float().mean()) < 0.6 and float(t[t > 0].min()) > 1e-3  # finished frames: exactly 0
     assert bool((t[:, 1:] > t[:, :-1]).any(dim=1).float().mean() > 0.95)  # and almost always some are cleaner
     clean_first, noise_last = float((t[:, 0] < 0.01).float().mean()), float((t[:, -1] > 0.99).float().mean())
     assert 0.1 < clean_first < 0.6 and 0.1 < noise_last < 0.6  # the walk starts and ends inside the clip
