@@ -6,7 +6,8 @@ and hold together, judged against the toy world's ground truth (the figures behi
 * consistency: a 30 s video refined to 24 fps, then continued twice by 15 s to 60 s with a new prompt (the joins
   judged apart).
 
-    python benchmarks/toy_model.py [--prompts 24] [--seconds 10] [--threads N] [--skip-long] [--preset toy]
+    python benchmarks/toy_model.py [--prompts 24] [--seconds 10] [--seeds 0 1 2] [--threads N] [--skip-long]
+        [--preset toy]
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def timed_generation(session, seconds: float) -> None:
               f"{end - done:.1f} s, total {end - start:.1f} s for {len(frames)} frames")
 
 
-def adherence_table(session, count: int) -> None:
+def adherence_table(session, count: int, seed: int) -> dict[str, float]:
+    print(f"blueprints at seed {seed}:")
     judged = []
     for prompt in prompt_set(count):
-        frames = encode.run(session, blueprint.run(session, prompt, fps=6, seconds=5, seed=0))
+        frames = encode.run(session, blueprint.run(session, prompt, fps=6, seconds=5, seed=seed))
         j = adherence(frames, prompt)
         judged.append(j)
         print(f"  {prompt:62s} found {j.found:4.2f} colour {j.colour_share:4.2f} shape {j.shape_share:4.2f} "
@@ -52,6 +54,7 @@ def adherence_table(session, count: int) -> None:
           f"{figures['shape']:.3f} of prompts; motion: {figures['motion']:.3f} of {figures['moving']} moving prompts, "
           f"{np.mean([j.motion_ok for j in judged]):.3f} of all; jumps between {figures['jumps']:.3f} of neighbouring "
           f"frames")
+    return figures
 
 
 def long_videos(session) -> None:
@@ -78,6 +81,9 @@ def main() -> None:
     parser.add_argument("--preset", default="toy")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="judge the blueprints at each of these seeds (the tests use 0); a single seed's motion "
+                        "figure moves by a prompt or two with the noise")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-long", action="store_true", help="skip the 30 s and 60 s videos")
     args = parser.parse_args()
@@ -86,7 +92,13 @@ def main() -> None:
     session = open_session(args.preset, None, None, "cpu", None, quiet=True)
     print(f"preset {args.preset}, {torch.get_num_threads()} threads, dtype {session.store.dtype}")
     timed_generation(session, args.seconds)
-    adherence_table(session, args.prompts)
+    figures = [adherence_table(session, args.prompts, seed) for seed in args.seeds]
+    if len(figures) > 1:
+        keys = ("colour", "worst colour", "shape", "motion", "jumps")
+        mean = {key: np.mean([f[key] for f in figures]) for key in keys}
+        print(f"mean over seeds {' '.join(map(str, args.seeds))}: colour {mean['colour']:.3f} (worst prompt "
+              f"{mean['worst colour']:.2f}), shape {mean['shape']:.3f}, motion {mean['motion']:.3f}, jumps "
+              f"{mean['jumps']:.3f}")
     if not args.skip_long:
         long_videos(session)
 
