@@ -4,8 +4,9 @@ its last; and continuing it to 60 s with a new prompt holds together across the 
 
 Two kinds of threshold. ``GUARD`` sits a little below what the shipped weights reach (figures printed with
 ``pytest -s`` and recorded in the README), so a retrained model that is worse fails. ``BARS`` are what the toy
-model is meant to reach (issue 4); the shipped weights do not yet, and the tests of the bars are strict xfails: the
-day a model reaches them they fail, and become plain tests. ``TEMPO_TOY_PRESET=DIR/preset.yaml pytest -s
+model is meant to reach (issue 4). The bars the shipped weights reach (motion, the 30 s bars but size drift, the
+joins) are plain tests; those they do not yet are strict xfails, which fail the day a model reaches them and then
+become plain tests. ``TEMPO_TOY_PRESET=DIR/preset.yaml pytest -s
 tests/test_toy_model.py`` prints a retrained model's figures and holds it to the same thresholds.
 """
 
@@ -59,7 +60,7 @@ def test_generate_uses_the_toy_model_by_default(tmp_path, monkeypatch):
 # worst prompt's share, share of prompts whose shape most frames show, share of moving prompts that move the
 # prompted way.
 ADHERENCE_BARS = {"colour": 0.9, "worst colour": 0.5, "shape": 0.75, "motion": 0.8}
-ADHERENCE_GUARD = {"colour": 0.7, "shape": 0.29, "motion": 0.09}  # shipped: 0.777, 0.333, 2 of 21
+ADHERENCE_GUARD = {"colour": 0.75, "shape": 0.33}  # shipped: 0.793 (worst 0.06), 0.375 (9 of 24), 17 of 21 moving
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +82,13 @@ def test_blueprints_follow_their_prompts_as_well_as_the_shipped_model(adherence_
         assert adherence_figures[key] >= floor, key
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped toy model does not reach the adherence bars yet (README)")
-def test_blueprints_reach_the_adherence_bars(adherence_figures):
-    assert all(adherence_figures[key] >= bar for key, bar in ADHERENCE_BARS.items())
+def test_blueprints_move_the_prompted_way(adherence_figures):
+    assert adherence_figures["motion"] >= ADHERENCE_BARS["motion"]  # 17 of 21 at 0.8; 16 would fail
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped toy model does not reach the colour and shape bars yet (README)")
+def test_blueprints_reach_the_colour_and_shape_bars(adherence_figures):
+    assert all(adherence_figures[key] >= ADHERENCE_BARS[key] for key in ("colour", "worst colour", "shape"))
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +127,11 @@ def join_figures(frames: np.ndarray, main: list, join: int, prompt: str) -> dict
 # 30 s at 24 fps: share of frames with exactly one object, share with an object, colour names kept, RGB drift of
 # the main object's colour and px drift of its size from the first second to the last, largest jump / limit.
 THIRTY_BARS = {"count": 0.95, "found": 0.99, "colours": 1.0, "colour drift": 40.0, "size drift": 3.0, "jump": 1.0}
-THIRTY_GUARD = {"count": 0.92, "found": 0.95, "colour drift": 20.0, "size drift": 2.0, "jump": 10.0}
-# shipped: 0.972, 1.0, yellow -> yellow, 10.2, 0.75, 6.7 (21 px against 3.1)
+THIRTY_GUARD = {"size drift": 3.6}
+# shipped: 0.969, 1.0, yellow -> yellow, 19.7, 3.21, 0.65 (2.0 px against 3.1)
 # The joins of 30 s + 15 s + 15 s: the second either side of each join.
 JOIN_BARS = {"found": 1.0, "colour": 1.0, "size change": 3.0, "jump": 1.0}
-JOIN_GUARD = {"found": 0.85, "colour": 0.6, "size change": 5.0, "jump": 2.0}
-# shipped: join at 30 s 0.875, 0.729, 3.83, 0.43; at 45 s 1.0, 0.938, 0.17, 0.55
+# shipped: join at 30 s 1.0, 1.0, 1.63, 0.84; at 45 s 1.0, 1.0, 1.08, 0.49
 LOWER_IS_BETTER = {"colour drift", "size drift", "jump", "size change"}
 
 
@@ -156,19 +160,15 @@ def join_figures_60(session, thirty_seconds) -> list[dict[str, float]]:
             for join in (thirty_seconds.header.frames, first.header.frames)]
 
 
-def test_thirty_seconds_hold_together_as_well_as_the_shipped_model(thirty_figures):
+def test_thirty_seconds_reach_the_consistency_bars_but_size(thirty_figures):
+    assert meets(thirty_figures, THIRTY_BARS) in ([], ["size drift"])
     assert meets(thirty_figures, THIRTY_GUARD) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped toy model does not reach the 30 s consistency bars yet (README)")
-def test_thirty_seconds_reach_the_consistency_bars(thirty_figures):
+@pytest.mark.xfail(strict=True, reason="the shipped toy model's object drifts in size over 30 s (README)")
+def test_thirty_seconds_keep_the_size(thirty_figures):
     assert meets(thirty_figures, THIRTY_BARS) == []
 
 
-def test_continuations_to_sixty_seconds_hold_as_well_as_the_shipped_model(join_figures_60):
-    assert [meets(figures, JOIN_GUARD) for figures in join_figures_60] == [[], []]
-
-
-@pytest.mark.xfail(strict=True, reason="the shipped toy model does not reach the join bars yet (README)")
 def test_continuations_to_sixty_seconds_reach_the_join_bars(join_figures_60):
     assert [meets(figures, JOIN_BARS) for figures in join_figures_60] == [[], []]
