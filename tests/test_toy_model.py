@@ -6,8 +6,8 @@ Two kinds of threshold. ``GUARD`` sits a little below what the shipped weights r
 ``pytest -s`` and recorded in the README), so a retrained model that is worse fails. ``BARS`` are what the toy
 model is meant to reach (issue 4). The bars the shipped weights reach (motion, the 30 s bars but size drift, the
 joins) are plain tests; those they do not yet are strict xfails, which fail the day a model reaches them and then
-become plain tests. ``TEMPO_TOY_PRESET=DIR/preset.yaml pytest -s
-tests/test_toy_model.py`` prints a retrained model's figures and holds it to the same thresholds.
+become plain tests. ``TEMPO_TOY_PRESET=DIR/preset.yaml pytest -s tests/test_toy_model.py`` prints a retrained
+model's figures and holds it to the same thresholds.
 """
 
 from __future__ import annotations
