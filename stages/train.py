@@ -30,6 +30,9 @@ def command(
     init: Annotated[Optional[str], typer.Option("--init", help="Start a new run from a trained preset's weights "
                                                 "(name or YAML path), network by network where the architecture is "
                                                 "the same; a VAE taken over counts as trained.")] = None,
+    export: Annotated[Optional[Path], typer.Option("--export", help="Write the run's latest checkpoint in --out as "
+                                                   "a preset folder DIR and train nothing: an unfinished DiT phase "
+                                                   "gives its EMA weights. Works while the run trains.")] = None,
     export_dtype: Annotated[str, typer.Option("--export-dtype", help="dtype of the exported weights: fp32, or "
                                               "bf16 for half the size (the checkpoint keeps float32).")] = "fp32",
     seed: opt.SeedOpt = 0,
@@ -53,11 +56,19 @@ def command(
         raise UsageError(f"--cache must be at least 1, got {cache}")
     if more < 0 or (more and prepare):
         raise UsageError(f"--more takes a positive number of steps and does not go with --prepare, got {more}")
+    if export is not None and (prepare or more or init is not None or phase):
+        raise UsageError("--export only writes the checkpoint out: it does not go with --prepare, --more, --init "
+                         "or --phase")
     if DTYPES.get(export_dtype) not in (torch.float32, torch.bfloat16):
         raise UsageError(f"--export-dtype {export_dtype!r}: choose fp32 or bf16")
     session = opt.open_session(preset, set_, None, device, "fp32", quiet)
     trainer = Trainer(session.preset, out, open_source(data, session.preset), device=session.store.device,
                       progress=session.progress, seed=seed, cache_size=cache, export_dtype=DTYPES[export_dtype])
+    if export is not None:
+        what = trainer.export_checkpoint(export)
+        session.progress.log(f"exported {out / 'checkpoint.safetensors'} ({what}) to {export}")
+        opt.emit_path(str(export / "preset.yaml"))
+        return
     if init is not None:
         from tempo_cli.presets import load_preset
 

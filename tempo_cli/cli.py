@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     try:
-        build_app()(args=argv, prog_name="tempo", standalone_mode=False)
+        code = build_app()(args=argv, prog_name="tempo", standalone_mode=False)
     except TempoError as exc:
         if os.environ.get("TEMPO_DEBUG"):
             raise
@@ -78,7 +78,9 @@ def _run(argv: list[str] | None) -> int:
         if code is None:
             raise
         return code
-    return 0
+    if code == 130:  # Typer turns Ctrl-C into Exit(130), and returns an Exit's code in this mode
+        print("tempo: interrupted", file=sys.stderr)
+    return code if isinstance(code, int) else 0  # a command returns None
 
 
 def _click_exit(exc: Exception) -> int | None:

@@ -27,6 +27,7 @@ CACHE_FORMAT = "2"  # encoded clips: 2 added the latent focus maps
 CLIPS_PER_DRAW = 100_000_000  # clip indices between two draws of a phase's clips (a rank's draw holds < 500_000)
 DRAW_SPAN = 100_000  # draws per extension round
 TIED_ALIAS = "model.encoder.embed_tokens.weight"  # the text encoder's token embedding, also ``model.shared``
+TRAINED_BY = " Trained by tempo train "  # how an export's description says what was trained
 WEIGHT_FILES = {"dit": "dit.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
 
 
@@ -131,8 +132,9 @@ class Trainer:
         meta = {"state": json.dumps(dataclasses.asdict(self.state))}
         atomic_save(tensors, self.out / CHECKPOINT, meta)
 
-    def load_checkpoint(self) -> dict[str, torch.Tensor] | None:
-        """Restore models and run state from ``out``; returns the tensors (for the optimizer and EMA)."""
+    def load_checkpoint(self, announce: bool = True) -> dict[str, torch.Tensor] | None:
+        """Restore models and run state from ``out``; returns the tensors (for the optimizer and EMA). With
+        ``announce``, logs what was loaded and where training will resume."""
         path = self.out / CHECKPOINT
         if not path.is_file():
             return None
@@ -148,9 +150,9 @@ class Trainer:
             if set(missing) - {TIED_ALIAS} or unexpected:
                 raise CheckpointError(f"{path} does not fit the {m} of preset {self.preset.name}: "
                                       f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-        if not self.state.phase or self.state.phase in self.state.done:
+        if announce and (not self.state.phase or self.state.phase in self.state.done):
             self.progress.log(f"loaded {path}: trained {', '.join(self.state.done) or 'nothing yet'}")
-        else:
+        elif announce:
             self.progress.log(f"resuming {self.state.phase} at step {self.state.step} from {path}")
         return tensors
 
@@ -481,11 +483,35 @@ class Trainer:
 
     # ---- the result ---------------------------------------------------------------------------------------------
 
-    def export(self) -> None:
-        """Write the weights (in ``export_dtype``) and ``preset.yaml`` that load the trained model
-        (``--preset out/preset.yaml``; the weights are found beside it)."""
+    def export_checkpoint(self, dest: Path) -> str:
+        """Write the run's latest checkpoint as a preset folder ``dest``, as :meth:`export` writes a finished run:
+        a DiT phase that has not finished gives its EMA weights (what its export will hold), or its training
+        weights where it keeps no EMA. Reads the checkpoint only, so it works while the run trains on; returns
+        what was exported, in words."""
+        tensors = self.load_checkpoint(announce=False)
+        if tensors is None:
+            raise UsageError(f"--export: {self.out} holds no checkpoint ({CHECKPOINT})",
+                             hint="name the --out folder of a run that has saved at least one checkpoint")
+        state = self.state
+        what = f"phases: {', '.join(state.done) or 'none'}"
+        if state.phase and state.phase not in state.done:  # stopped, or still training, inside a phase
+            what += f"; {state.phase} at step {state.step}"
+            what += f" in extension round {state.round}" if state.round else ""
+            ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+            if state.phase in ("stage1", "stage2") and ema:
+                _load_weights(self.dit, ema)
+                what += ", EMA weights"
+        self.export(dest, what)
+        return what
+
+    def export(self, dest: Path | None = None, what: str | None = None) -> None:
+        """Write the weights (in ``export_dtype``) and ``preset.yaml`` that load the trained model into ``dest``
+        (default ``out``: ``--preset out/preset.yaml``; the weights are found beside it). ``what`` says in the
+        preset's description what was trained (default: the phases done)."""
         if not distributed.is_main():
             return
+        dest = self.out if dest is None else dest
+        dest.mkdir(parents=True, exist_ok=True)
         from tempo_cli.models.text_encoder import native_key
         from tempo_cli.presets import resolved_dict
         from tempo_cli.tokenizers import BUILTIN_PREFIX
@@ -495,19 +521,22 @@ class Trainer:
         def cast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return {k: v.to(self.export_dtype) if v.is_floating_point() else v for k, v in state.items()}
 
-        atomic_save(cast(self.dit.state_dict()), self.out / WEIGHT_FILES["dit"])
-        atomic_save(cast(self.vae.state_dict()), self.out / WEIGHT_FILES["vae"])
+        atomic_save(cast(self.dit.state_dict()), dest / WEIGHT_FILES["dit"])
+        atomic_save(cast(self.vae.state_dict()), dest / WEIGHT_FILES["vae"])
         text = {native_key(k): v for k, v in self.text_encoder.model.state_dict().items() if native_key(k)}
-        atomic_save(cast(text), self.out / WEIGHT_FILES["text_encoder"])
+        atomic_save(cast(text), dest / WEIGHT_FILES["text_encoder"])
         tokenizer = self.preset.weights.tokenizer
         if not tokenizer.startswith(BUILTIN_PREFIX):  # a built-in tokenizer is named, not copied
-            self.tokenizer.save_pretrained(str(self.out / "tokenizer"))
+            self.tokenizer.save_pretrained(str(dest / "tokenizer"))
             tokenizer = "tokenizer"
         data = resolved_dict(self.preset)
         data.pop("name")
         data["weights"] = {**WEIGHT_FILES, "tokenizer": tokenizer}
-        data["description"] = (f"{self.preset.description} Trained by tempo train "
-                               f"(phases: {', '.join(self.state.done) or 'none'}) on {self.source.identity}.")
+        what = what or f"phases: {', '.join(self.state.done) or 'none'}"
+        base = self.preset.description.split(TRAINED_BY)[0]  # a run started from its own export says it once
+        data["description"] = f"{base}{TRAINED_BY}({what}) on {self.source.identity}."
         import yaml
 
-        (self.out / "preset.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        partial = dest / "preset.yaml.partial"
+        partial.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(partial, dest / "preset.yaml")

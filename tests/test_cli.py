@@ -226,3 +226,13 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert main(["no-such-command"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "No such command" in captured.err
+
+
+def test_ctrl_c_exits_130_with_a_message(capsys, monkeypatch):
+    """Typer turns a KeyboardInterrupt into an exit code that main() must pass on, not turn into success."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tempo_cli.plan.make_plan", interrupted)  # imported when `tempo plan` runs
+    assert main(["plan"]) == 130
+    assert "tempo: interrupted" in capsys.readouterr().err

@@ -412,6 +412,44 @@ def test_cache_refresh_brings_new_clips_every_so_many_steps(tmp_path, tiny_train
     assert cached_captions(out, "stage2-rank0-draw0.2") != cached_captions(out, "stage2-rank0")
 
 
+def test_export_writes_a_stopped_runs_checkpoint_as_a_preset_with_its_ema_weights(tmp_path, tiny_train, capsys,
+                                                                                   monkeypatch):
+    from tempo_cli.trainer import Trainer
+
+    out, snapshot = tmp_path / "run", tmp_path / "snapshot"
+    args = ["train", "--preset", "tiny-train", "--data", "toyworld:3", "--out", str(out), "--cache", "6"]
+    assert main(args + ["--export", str(snapshot)]) == 2  # nothing trained yet
+    assert "holds no checkpoint" in capsys.readouterr().err
+    assert main(args + ["--init", "tiny-random", "--export", str(snapshot)]) == 2
+    assert "does not go with" in capsys.readouterr().err
+
+    def stop(self, phase, step, ema=None):  # the run is stopped at step 2 of 4, just after its checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "write_sample", stop)
+    stage2 = ["--init", "tiny-random", "--phase", "stage2", "--set", "train.stage2_steps=4",
+              "--set", "train.sample_every=2"]
+    assert main(args + stage2) == 130
+    capsys.readouterr()
+    assert main(args + ["--export", str(snapshot)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(snapshot / "preset.yaml")
+    assert "phases: vae; stage2 at step 2, EMA weights" in captured.err  # --init took the VAE over
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        ema = {k[len("ema."):]: f.get_tensor(k) for k in f.keys() if k.startswith("ema.")}
+        trained = {k[len("model.dit."):]: f.get_tensor(k) for k in f.keys() if k.startswith("model.dit.")}
+    exported = load_file_tensors(snapshot / "dit.safetensors")
+    assert ema and all(torch.equal(exported[k], v) for k, v in ema.items())
+    assert any(not torch.equal(exported[k], trained[k]) for k in ema)  # not the training weights
+    preset = load_preset(str(snapshot / "preset.yaml"))
+    assert "stage2 at step 2, EMA weights" in preset.description
+    assert preset.description.count("Trained by tempo train") == 1
+    assert main(["generate", "a red ball moving left on a black background", "--preset", str(snapshot / "preset.yaml"),
+                 "--frames", "5", "-o", str(tmp_path / "clip.mp4"), "-q"]) == 0
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:  # the run itself is left as it was
+        assert json.loads(f.metadata()["state"])["step"] == 2
+
+
 def load_file_tensors(path):
     from safetensors.torch import load_file
 
