@@ -40,6 +40,8 @@ WORLD = 64  # the world's side in pixels
 SIZE_RANGE = (10.0, 16.0)  # sampled object sizes, px
 CROSSING_SECONDS = (2.0, 4.0)  # sampled time to cross the frame; also the period of "circling"
 RADIUS_RANGE = (12.0, 20.0)  # sampled radius of "circling", px
+TRIANGLE_TAPER = 0.65  # see classify_shape: rendered triangles 0.17-0.29, balls and squares 0.82-1.26
+SQUARE_DIAGONAL = 1.16  # rendered squares sqrt 2, balls 1.00-1.11; rounded by the toy VAE: 1.10-1.37, 1.01-1.18
 _DIRECTIONS = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -1), "moving down": (0, 1)}
 _DIAGONAL = (math.radians(25), math.radians(65))  # "bouncing" headings, measured from an axis within a quadrant
 
@@ -117,13 +119,18 @@ class ObjectState:
 @dataclass(frozen=True)
 class DetectedObject:
     """A connected set of pixels that differ from the background. ``centre`` is the mean pixel centre (x, y);
-    ``bbox`` is (x0, y0, x1, y1), end exclusive; ``fill_ratio`` is ``area`` over the bbox's area."""
+    ``bbox`` is (x0, y0, x1, y1), end exclusive; ``fill_ratio`` is ``area`` over the bbox's area. Two outlines that
+    survive blur (see :func:`classify_shape`): ``taper`` is the mean width of the top third of its rows over that of
+    the bottom third (an upright triangle's ~0.2, a ball's and a square's 1); ``diagonal`` is its mean extent along
+    the two diagonals over its mean extent along the axes (a square's sqrt 2, a ball's ~1.06)."""
 
     centre: tuple[float, float]
     area: int
     mean_rgb: tuple[float, float, float]
     bbox: tuple[int, int, int, int]
     fill_ratio: float
+    taper: float = 1.0
+    diagonal: float = 1.0
 
     @property
     def size(self) -> int:
@@ -321,18 +328,31 @@ def find_objects(frame: np.ndarray, background: Sequence[int], threshold: int = 
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
         mean_rgb = tuple(float(v) for v in frame[ys, xs].mean(axis=0))
         found.append(DetectedObject((float(xs.mean()) + 0.5, float(ys.mean()) + 0.5), int(area), mean_rgb,
-                                    (x0, y0, x1, y1), float(area) / ((x1 - x0) * (y1 - y0))))
+                                    (x0, y0, x1, y1), float(area) / ((x1 - x0) * (y1 - y0)),
+                                    *_outline(xs, ys, (x0, y0, x1, y1))))
     return sorted(found, key=lambda o: -o.area)
 
 
+def _outline(xs: np.ndarray, ys: np.ndarray, bbox: tuple[int, int, int, int]) -> tuple[float, float]:
+    """(taper, diagonal) of the pixels ``xs, ys`` in ``bbox`` (see :class:`DetectedObject`). A pixel spans one unit
+    along each axis and two along x + y and x - y, whose units are 1/sqrt 2 px."""
+    x0, y0, x1, y1 = bbox
+    widths = np.bincount(ys - y0, minlength=y1 - y0)  # pixels per row
+    band = max(1, (y1 - y0) // 3)
+    taper = float(widths[:band].mean() / widths[-band:].mean())
+    along = [(d.max() - d.min() + 2) / math.sqrt(2) for d in (xs + ys, xs - ys)]
+    return taper, float(np.mean(along) / (((x1 - x0) + (y1 - y0)) / 2))
+
+
 def classify_shape(detected: DetectedObject) -> str:
-    """"triangle" if the centre sits low in the bbox (a triangle's centroid is 1/6 of its height below the bbox's
-    middle, a ball's and a square's are on it), else "square" if it fills its bbox (fill ratio >= 0.94: a square's is
-    1, a ball's pi/4 ~ 0.79 and at most 0.88 when rasterised at 10 px), else "ball"."""
-    x0, y0, x1, y1 = detected.bbox
-    if (detected.centre[1] - (y0 + y1) / 2) / (y1 - y0) >= 1 / 12:
+    """"triangle" if its top third is at most TRIANGLE_TAPER as wide as its bottom third, else "square" if it reaches
+    SQUARE_DIAGONAL times further along the diagonals than along the axes, else "ball". Both outlines hold up under
+    blur: a decoder that rounds a square's corners or softens a triangle's tip leaves them recognisable (the
+    thresholds: every frame of rendered videos right, and the most frames of the toy VAE's reconstructions of them
+    right for the shape it gets right least often; see docs/toy-model.md)."""
+    if detected.taper < TRIANGLE_TAPER:
         return "triangle"
-    return "square" if detected.fill_ratio >= 0.94 else "ball"
+    return "square" if detected.diagonal >= SQUARE_DIAGONAL else "ball"
 
 
 def _off_circle(points: np.ndarray) -> float:

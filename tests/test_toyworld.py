@@ -203,6 +203,37 @@ def test_find_objects_recovers_the_ground_truth(shape):
             assert nearest_colour(found.mean_rgb) == colour and classify_shape(found) == shape
 
 
+def worn(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A white ``shape`` of ``size`` px on black, as a small decoder draws it: a square's corners rounded by a fifth
+    of its side, a triangle's tip cut off at a fifth of its height, and a tenth of the edge pixels lost."""
+    y, x = np.mgrid[0:64, 0:64] + 0.5
+    dx, dy = np.abs(x - 32), y - 32  # dy > 0 below the centre
+    half = size / 2
+    if shape == "ball":
+        mask = dx ** 2 + dy ** 2 <= half ** 2
+    elif shape == "square":
+        r = size / 5
+        mask = np.hypot(np.maximum(dx - half + r, 0), np.maximum(np.abs(dy) - half + r, 0)) <= r
+        mask &= (dx <= half) & (np.abs(dy) <= half)
+    else:  # base at dy = half, tip at dy = -half, cut at -half + size / 5
+        mask = (dy <= half) & (dy >= -half + size / 5) & (dx <= (dy + half) / 2)
+    inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    edge = mask.copy()
+    edge[1:-1, 1:-1] &= ~inner
+    mask &= ~(edge & (rng.random(mask.shape) < 0.1))
+    return np.where(mask[..., None], np.uint8(240), np.uint8(0)).repeat(3, axis=-1)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shapes_stay_recognisable_as_a_small_decoder_draws_them(shape):
+    """The toy VAE rounds a square's corners, softens a triangle's tip and frays edges; a viewer still knows the
+    shape, and so must the judge (a bbox-filling square or a centroid a sixth of the height low would not survive)."""
+    rng = np.random.default_rng(0)
+    sizes = [10, 12, 14, 16] * 5
+    right = sum(classify_shape(find_objects(worn(shape, size, rng), (0, 0, 0))[0]) == shape for size in sizes)
+    assert right >= 0.9 * len(sizes)
+
+
 def test_find_objects_separates_two_objects():
     checked = 0
     for seed in range(60):
