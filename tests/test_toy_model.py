@@ -92,7 +92,7 @@ def test_the_shape_judge_knows_the_shapes_the_toy_vae_draws(session):
 # worst prompt's share, share of prompts whose shape most frames show, share of moving prompts that move the
 # prompted way.
 ADHERENCE_BARS = {"colour": 0.9, "worst colour": 0.5, "shape": 0.75, "motion": 0.8}
-ADHERENCE_GUARD = {"colour": 0.75, "shape": 0.33}  # shipped: 0.793 (worst 0.06), 0.375 (9 of 24), 17 of 21 moving
+ADHERENCE_GUARD = {"colour": 0.75, "shape": 0.41}  # shipped: 0.793 (worst 0.06), 0.458 (11 of 24), 17 of 21 moving
 
 
 @pytest.fixture(scope="module")
