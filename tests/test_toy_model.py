@@ -56,7 +56,6 @@ def test_generate_uses_the_toy_model_by_default(tmp_path, monkeypatch):
     assert "does not know the word(s) 'dog', 'in', 'snow'" in run.err
 
 
-# Blueprint adherence over prompt_set(24): mean share of frames whose main object has the prompted colour, the
 def test_the_shape_judge_knows_the_shapes_the_toy_vae_draws(session):
     """The judge's shapes, checked on the toy VAE's own reconstructions of rendered 6 fps clips: the best any DiT on
     this VAE can draw. A still object's shape is right in nearly every frame, and most frames of every shape are
@@ -89,6 +88,7 @@ def test_the_shape_judge_knows_the_shapes_the_toy_vae_draws(session):
     assert all(np.mean(r) >= 0.6 for r in right.values())
 
 
+# Blueprint adherence over prompt_set(24): mean share of frames whose main object has the prompted colour, the
 # worst prompt's share, share of prompts whose shape most frames show, share of moving prompts that move the
 # prompted way.
 ADHERENCE_BARS = {"colour": 0.9, "worst colour": 0.5, "shape": 0.75, "motion": 0.8}

@@ -227,7 +227,7 @@ def worn(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
 @pytest.mark.parametrize("shape", SHAPES)
 def test_shapes_stay_recognisable_as_a_small_decoder_draws_them(shape):
     """The toy VAE rounds a square's corners, softens a triangle's tip and frays edges; a viewer still knows the
-    shape, and so must the judge (a bbox-filling square or a centroid a sixth of the height low would not survive)."""
+    shape, and so must the judge (one that wants a square to fill its bbox would not)."""
     rng = np.random.default_rng(0)
     sizes = [10, 12, 14, 16] * 5
     right = sum(classify_shape(find_objects(worn(shape, size, rng), (0, 0, 0))[0]) == shape for size in sizes)
