@@ -63,8 +63,7 @@ def test_the_shape_judge_knows_the_shapes_the_toy_vae_draws(session):
     The judge's thresholds were set on such reconstructions and on rendered frames, never on DiT samples."""
     import torch
 
-    from tempo_cli.evaluation import track
-    from tempo_cli.toyworld import BACKGROUNDS, SHAPES, classify_shape, render, scene_from_caption
+    from tempo_cli.toyworld import SHAPES, classify_shape, render, scene_from_caption
     from tempo_cli.training import to_video
     from tempo_cli.video import to_uint8_frames
 
@@ -80,7 +79,7 @@ def test_the_shape_judge_knows_the_shapes_the_toy_vae_draws(session):
             with torch.no_grad():
                 video = to_video(clip)[None].to(session.store.device)
                 drawn = to_uint8_frames(vae.decode(vae.encode(video))[0].clamp(-1, 1).float().cpu())
-            shapes = [classify_shape(m) for m in track(drawn, BACKGROUNDS[background]).main if m is not None]
+            shapes = [classify_shape(m) for m in track(drawn, background).main if m is not None]
             if motion == "standing still":
                 assert shapes.count(shape) >= 0.9 * len(shapes), prompt
             right[shape] += [s == shape for s in shapes]

@@ -435,9 +435,9 @@ def test_export_writes_a_stopped_runs_checkpoint_as_a_preset_with_its_ema_weight
     captured = capsys.readouterr()
     assert captured.out.strip() == str(snapshot / "preset.yaml")
     assert "phases: vae; stage2 at step 2, EMA weights" in captured.err  # --init took the VAE over
-    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
-        ema = {k[len("ema."):]: f.get_tensor(k) for k in f.keys() if k.startswith("ema.")}
-        trained = {k[len("model.dit."):]: f.get_tensor(k) for k in f.keys() if k.startswith("model.dit.")}
+    checkpoint = load_file_tensors(out / "checkpoint.safetensors")
+    ema = {k[len("ema."):]: v for k, v in checkpoint.items() if k.startswith("ema.")}
+    trained = {k[len("model.dit."):]: v for k, v in checkpoint.items() if k.startswith("model.dit.")}
     exported = load_file_tensors(snapshot / "dit.safetensors")
     assert ema and all(torch.equal(exported[k], v) for k, v in ema.items())
     assert any(not torch.equal(exported[k], trained[k]) for k in ema)  # not the training weights
