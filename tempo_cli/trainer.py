@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from tempo_cli import distributed, training
 from tempo_cli.config import Preset
-from tempo_cli.errors import CheckpointError, UsageError
+from tempo_cli.errors import CheckpointError, ConfigError, UsageError
 from tempo_cli.pipeline import Progress
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -47,6 +47,34 @@ def _load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> N
     """Copy ``tensors`` into ``model``'s parameters and buffers, each in the dtype the model keeps it in."""
     own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
+def grown_positions(old_layers: int, new_layers: int) -> list[int]:
+    """Where the blocks of an ``old_layers``-deep DiT sit in a ``new_layers``-deep one: spread evenly, in order,
+    so that the new blocks fall between them (8 -> 12: a new block after every two), none of them first."""
+    if not 0 < old_layers <= new_layers:
+        raise ConfigError(f"can't grow {old_layers} DiT blocks to {new_layers}")
+    return [i + i * (new_layers - old_layers) // old_layers for i in range(old_layers)]
+
+
+def grow_blocks(trained: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], old_layers: int,
+                new_layers: int) -> dict[str, torch.Tensor]:
+    """The state of a ``new_layers``-deep DiT from a trained ``old_layers``-deep one (``trained``) and a freshly
+    initialised deeper one (``fresh``): the trained blocks at ``grown_positions``, every other tensor from
+    ``trained``, and each new block from ``fresh`` with the projections that write into the residual stream (its
+    attention outputs and the FFN's last layer) zeroed, so that the grown DiT computes exactly what the trained
+    one did and training deepens it from there."""
+    place = dict(enumerate(grown_positions(old_layers, new_layers)))
+    out = {k: v for k, v in trained.items() if not k.startswith("blocks.")}
+    for key, value in trained.items():
+        if key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            out[f"blocks.{place[int(index)]}.{rest}"] = value
+    writers = ("self_attn.o.", "cross_attn.o.", "ffn.2.")
+    for key, value in fresh.items():
+        if key.startswith("blocks.") and key not in out:
+            out[key] = torch.zeros_like(value) if key.split(".", 2)[2].startswith(writers) else value
+    return out
 
 
 @contextlib.contextmanager
@@ -183,16 +211,27 @@ class Trainer:
                 "dit": self.preset.dit == dataclasses.replace(trained.dit, prediction=self.preset.dit.prediction),
                 "text_encoder": (self.preset.text_encoder == trained.text_encoder
                                  and self.preset.weights.tokenizer == trained.weights.tokenizer)}
-        taken = [name for name in ("vae", "text_encoder", "dit") if same[name]]
+        # a deeper DiT of the same kind grows from the trained one: its blocks keep their order and the new ones
+        # start as identities between them (depth up-scaling)
+        grown = not same["dit"] and self.preset.dit.num_layers > trained.dit.num_layers and self.preset.dit == \
+            dataclasses.replace(trained.dit, prediction=self.preset.dit.prediction,
+                                num_layers=self.preset.dit.num_layers)
+        taken = [name for name in ("vae", "text_encoder", "dit") if same[name] or (name == "dit" and grown)]
         for name in taken:
             source = store.text_encoder()[0] if name == "text_encoder" else getattr(store, name)()
-            _load_weights(self._models()[name], source.state_dict())
+            tensors = source.state_dict()
+            if name == "dit" and grown:
+                tensors = grow_blocks(tensors, self.dit.state_dict(), trained.dit.num_layers,
+                                      self.preset.dit.num_layers)
+            _load_weights(self._models()[name], tensors)
         if "vae" in taken:
             self.state = dataclasses.replace(self.state, done=("vae",), latents_mean=stats["latents_mean"],
                                              latents_std=stats["latents_std"])
             self._set_vae_stats()
         switched = "dit" in taken and self.preset.dit.prediction != trained.dit.prediction
         self.progress.log(f"starting from {trained.name}'s {', '.join(taken) or 'nothing (no network matches)'}"
+                          + (f" (its {trained.dit.num_layers} DiT blocks grown to {self.preset.dit.num_layers}, "
+                             "the new ones starting as identities)" if grown else "")
                           + (" (the VAE phase counts as done)" if "vae" in taken else "")
                           + (f"; its DiT predicted the {trained.dit.prediction}, this one learns to predict the "
                              f"{self.preset.dit.prediction}" if switched else ""))

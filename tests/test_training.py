@@ -548,3 +548,38 @@ def test_training_noise_is_correlated_as_the_train_section_says_level_by_level(t
             continue
         with pytest.raises(ConfigError, match=message):
             load_preset("tiny-train", bad.split())
+
+
+def test_a_deeper_dit_grows_from_a_trained_one_and_computes_the_same():
+    from tempo_cli.trainer import grow_blocks, grown_positions
+
+    assert grown_positions(8, 12) == [0, 1, 3, 4, 6, 7, 9, 10]  # a new block after every two
+    assert grown_positions(2, 5) == [0, 2] and grown_positions(2, 2) == [0, 1]
+    with pytest.raises(ConfigError):
+        grown_positions(3, 2)
+    config = load_preset("tiny-random").dit  # 2 blocks
+    torch.manual_seed(0)
+    trained, deeper = MultiMaskDiT(config), MultiMaskDiT(dataclasses.replace(config, num_layers=5))
+    fresh = deeper.state_dict()
+    deeper.load_state_dict(grow_blocks(trained.state_dict(), fresh, 2, 5))
+    grown = deeper.state_dict()
+    assert torch.equal(grown["blocks.2.ffn.0.weight"], trained.state_dict()["blocks.1.ffn.0.weight"])
+    assert torch.equal(grown["blocks.1.self_attn.q.weight"], fresh["blocks.1.self_attn.q.weight"])  # a new block
+    assert not grown["blocks.1.ffn.2.weight"].any() and not grown["blocks.4.cross_attn.o.bias"].any()
+    x, y = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 20, 2, 4, 4)
+    ctx, pos, steps = torch.randn(2, 3, config.text_dim), torch.tensor([[0, 4], [2, 6]]), torch.tensor([600.0, 90.0])
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(x, steps, ctx, y, pos), trained(x, steps, ctx, y, pos))
+        deeper.blocks[1].ffn[2].weight.add_(0.1)  # the new blocks do take part once they learn
+        assert not torch.allclose(deeper(x, steps, ctx, y, pos), trained(x, steps, ctx, y, pos))
+
+
+def test_init_grows_a_trained_dit_into_a_deeper_preset(tmp_path, tiny_train, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny-train", "--set", "dit.num_layers=3", "--data", "toyworld:3",
+                 "--out", str(out), "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1",
+                 "--init", "tiny-random"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "starting from tiny-random's vae, text_encoder, dit (its 2 DiT blocks grown to 3" in err
+    assert load_preset(str(out / "preset.yaml")).dit.num_layers == 3
+    assert "blocks.2.ffn.2.weight" in load_file_tensors(out / "dit.safetensors")
