@@ -29,7 +29,8 @@ def command(
                                       "steps: a new warm-up and cosine cycle from its trained weights.")] = 0,
     init: Annotated[Optional[str], typer.Option("--init", help="Start a new run from a trained preset's weights "
                                                 "(name or YAML path), network by network where the architecture is "
-                                                "the same; a VAE taken over counts as trained.")] = None,
+                                                "the same, or a DiT grown into a deeper one; a VAE taken over counts "
+                                                "as trained.")] = None,
     export: Annotated[Optional[Path], typer.Option("--export", help="Write the run's latest checkpoint in --out as "
                                                    "a preset folder DIR and train nothing: an unfinished DiT phase "
                                                    "gives its EMA weights. Works while the run trains.")] = None,

@@ -38,6 +38,7 @@ class RunState:
     done: tuple[str, ...] = ()
     steps: int = 0  # the current phase's length when it is an extension (``more``); 0: the preset's
     round: int = 0  # how many times the current phase was extended: new batches and noise each round
+    length: int = 0  # the current phase's length as it was trained (what --export reports); 0: not recorded
     rounds: dict = dataclasses.field(default_factory=dict)  # phase -> its extensions so far (they outlive a phase)
     latents_mean: tuple[float, ...] = ()
     latents_std: tuple[float, ...] = ()
@@ -263,6 +264,7 @@ class Trainer:
             if self.state.phase != phase:
                 self.state = dataclasses.replace(self.state, phase=phase, step=0, steps=0, round=0)
             steps = self.state.steps or steps
+            self.state = dataclasses.replace(self.state, length=steps)
             if phase in ("vae", "decoder"):
                 self._train_vae(steps, lr, resume, decoder_only=phase == "decoder")
             else:
@@ -534,7 +536,7 @@ class Trainer:
         state = self.state
         what = f"phases: {', '.join(state.done) or 'none'}"
         if state.phase and state.phase not in state.done:  # stopped, or still training, inside a phase
-            what += f"; {state.phase} at step {state.step}"
+            what += f"; {state.phase} at step {state.step}" + (f" of {state.length}" if state.length else "")
             what += f" in extension round {state.round}" if state.round else ""
             ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
             if state.phase in ("stage1", "stage2") and ema:

@@ -431,10 +431,10 @@ def test_export_writes_a_stopped_runs_checkpoint_as_a_preset_with_its_ema_weight
               "--set", "train.sample_every=2"]
     assert main(args + stage2) == 130
     capsys.readouterr()
-    assert main(args + ["--export", str(snapshot)]) == 0
+    assert main(args + ["--set", "train.stage2_steps=9", "--export", str(snapshot)]) == 0  # the run's length counts
     captured = capsys.readouterr()
     assert captured.out.strip() == str(snapshot / "preset.yaml")
-    assert "phases: vae; stage2 at step 2, EMA weights" in captured.err  # --init took the VAE over
+    assert "phases: vae; stage2 at step 2 of 4, EMA weights" in captured.err  # --init took the VAE over
     checkpoint = load_file_tensors(out / "checkpoint.safetensors")
     ema = {k[len("ema."):]: v for k, v in checkpoint.items() if k.startswith("ema.")}
     trained = {k[len("model.dit."):]: v for k, v in checkpoint.items() if k.startswith("model.dit.")}
@@ -442,7 +442,7 @@ def test_export_writes_a_stopped_runs_checkpoint_as_a_preset_with_its_ema_weight
     assert ema and all(torch.equal(exported[k], v) for k, v in ema.items())
     assert any(not torch.equal(exported[k], trained[k]) for k in ema)  # not the training weights
     preset = load_preset(str(snapshot / "preset.yaml"))
-    assert "stage2 at step 2, EMA weights" in preset.description
+    assert "stage2 at step 2 of 4, EMA weights" in preset.description
     assert preset.description.count("Trained by tempo train") == 1
     assert main(["generate", "a red ball moving left on a black background", "--preset", str(snapshot / "preset.yaml"),
                  "--frames", "5", "-o", str(tmp_path / "clip.mp4"), "-q"]) == 0
