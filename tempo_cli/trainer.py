@@ -231,9 +231,9 @@ class Trainer:
             self._set_vae_stats()
         switched = "dit" in taken and self.preset.dit.prediction != trained.dit.prediction
         self.progress.log(f"starting from {trained.name}'s {', '.join(taken) or 'nothing (no network matches)'}"
-                          + (f" (its {trained.dit.num_layers} DiT blocks grown to {self.preset.dit.num_layers}, "
-                             "the new ones starting as identities)" if grown else "")
                           + (" (the VAE phase counts as done)" if "vae" in taken else "")
+                          + (f"; its {trained.dit.num_layers} DiT blocks are grown to {self.preset.dit.num_layers}, "
+                             "the new ones starting as identities" if grown else "")
                           + (f"; its DiT predicted the {trained.dit.prediction}, this one learns to predict the "
                              f"{self.preset.dit.prediction}" if switched else ""))
         distributed.barrier()  # every rank has looked for an earlier run before rank 0 writes this one

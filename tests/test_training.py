@@ -580,6 +580,7 @@ def test_init_grows_a_trained_dit_into_a_deeper_preset(tmp_path, tiny_train, cap
                  "--out", str(out), "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1",
                  "--init", "tiny-random"]) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert "starting from tiny-random's vae, text_encoder, dit (its 2 DiT blocks grown to 3" in err
+    assert "starting from tiny-random's vae, text_encoder, dit (the VAE phase counts as done); its 2 DiT blocks " \
+        "are grown to 3, the new ones starting as identities" in err
     assert load_preset(str(out / "preset.yaml")).dit.num_layers == 3
     assert "blocks.2.ffn.2.weight" in load_file_tensors(out / "dit.safetensors")
