@@ -62,7 +62,7 @@ def command(
                          "or --phase")
     if DTYPES.get(export_dtype) not in (torch.float32, torch.bfloat16):
         raise UsageError(f"--export-dtype {export_dtype!r}: choose fp32 or bf16")
-    session = opt.open_session(preset, set_, None, device, "fp32", quiet)
+    session = opt.open_session(preset, set_, None, device, "fp32", quiet, notice=False)
     trainer = Trainer(session.preset, out, open_source(data, session.preset), device=session.store.device,
                       progress=session.progress, seed=seed, cache_size=cache, export_dtype=DTYPES[export_dtype])
     if export is not None:

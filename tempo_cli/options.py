@@ -53,8 +53,10 @@ class Session:
 
 
 def open_session(preset: str | None, overrides: list[str] | None, weights: Path | None, device: str | None,
-                 dtype: str | None, quiet: bool, fallback_preset: str | None = None, offload: bool = False) -> Session:
-    """Resolve the preset (saying so on stderr when it is not a real model) and where models will run."""
+                 dtype: str | None, quiet: bool, fallback_preset: str | None = None, offload: bool = False,
+                 notice: bool = True) -> Session:
+    """Resolve the preset (saying so on stderr when it is not a real model, unless ``notice`` is off: training,
+    where the preset is a starting point, not a model to judge videos by) and where models will run."""
     from tempo_cli import distributed
     from tempo_cli.console import RichProgress, note
     from tempo_cli.presets import load_preset, preset_notice
@@ -63,7 +65,7 @@ def open_session(preset: str | None, overrides: list[str] | None, weights: Path 
     chosen = load_preset(preset or fallback_preset or DEFAULT_PRESET, overrides or [])
     distributed.init_from_env()  # under torchrun: join the group; each rank takes its share of every level
     main = distributed.is_main()
-    if main and (message := preset_notice(chosen)):
+    if main and notice and (message := preset_notice(chosen)):
         note(message)
     run_device = distributed.local_device() or resolve_device(device)
     store = ModelStore(chosen, run_device, resolve_dtype(dtype, run_device), weights, offload=offload)
