@@ -128,9 +128,13 @@ class DetectedObject:
     area: int
     mean_rgb: tuple[float, float, float]
     bbox: tuple[int, int, int, int]
-    fill_ratio: float
     taper: float = 1.0
     diagonal: float = 1.0
+
+    @property
+    def fill_ratio(self) -> float:
+        x0, y0, x1, y1 = self.bbox
+        return self.area / ((x1 - x0) * (y1 - y0))
 
     @property
     def size(self) -> int:
@@ -328,8 +332,7 @@ def find_objects(frame: np.ndarray, background: Sequence[int], threshold: int = 
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
         mean_rgb = tuple(float(v) for v in frame[ys, xs].mean(axis=0))
         found.append(DetectedObject((float(xs.mean()) + 0.5, float(ys.mean()) + 0.5), int(area), mean_rgb,
-                                    (x0, y0, x1, y1), float(area) / ((x1 - x0) * (y1 - y0)),
-                                    *_outline(xs, ys, (x0, y0, x1, y1))))
+                                    (x0, y0, x1, y1), *_outline(xs, ys, (x0, y0, x1, y1))))
     return sorted(found, key=lambda o: -o.area)
 
 

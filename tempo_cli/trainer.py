@@ -207,23 +207,21 @@ class Trainer:
                              hint="choose a new --out folder, or leave --init out to resume")
         store = ModelStore(trained, self.device, torch.float32)
         stats = {"latents_mean": trained.vae.latents_mean, "latents_std": trained.vae.latents_std}
+        layers = self.preset.dit.num_layers
         same = {"vae": dataclasses.replace(self.preset.vae, **stats) == trained.vae,
-                # the same tensors whatever the head is trained to predict: a new target is learnt on from them
-                "dit": self.preset.dit == dataclasses.replace(trained.dit, prediction=self.preset.dit.prediction),
+                # the same tensors whatever the head is trained to predict: a new target is learnt on from them; and
+                # a deeper DiT of the same kind grows from the trained one (depth up-scaling, grow_blocks)
+                "dit": self.preset.dit == dataclasses.replace(trained.dit, prediction=self.preset.dit.prediction,
+                                                              num_layers=max(layers, trained.dit.num_layers)),
                 "text_encoder": (self.preset.text_encoder == trained.text_encoder
                                  and self.preset.weights.tokenizer == trained.weights.tokenizer)}
-        # a deeper DiT of the same kind grows from the trained one: its blocks keep their order and the new ones
-        # start as identities between them (depth up-scaling)
-        grown = not same["dit"] and self.preset.dit.num_layers > trained.dit.num_layers and self.preset.dit == \
-            dataclasses.replace(trained.dit, prediction=self.preset.dit.prediction,
-                                num_layers=self.preset.dit.num_layers)
-        taken = [name for name in ("vae", "text_encoder", "dit") if same[name] or (name == "dit" and grown)]
+        taken = [name for name in ("vae", "text_encoder", "dit") if same[name]]
+        grown = "dit" in taken and layers > trained.dit.num_layers
         for name in taken:
             source = store.text_encoder()[0] if name == "text_encoder" else getattr(store, name)()
             tensors = source.state_dict()
             if name == "dit" and grown:
-                tensors = grow_blocks(tensors, self.dit.state_dict(), trained.dit.num_layers,
-                                      self.preset.dit.num_layers)
+                tensors = grow_blocks(tensors, self.dit.state_dict(), trained.dit.num_layers, layers)
             _load_weights(self._models()[name], tensors)
         if "vae" in taken:
             self.state = dataclasses.replace(self.state, done=("vae",), latents_mean=stats["latents_mean"],
@@ -232,7 +230,7 @@ class Trainer:
         switched = "dit" in taken and self.preset.dit.prediction != trained.dit.prediction
         self.progress.log(f"starting from {trained.name}'s {', '.join(taken) or 'nothing (no network matches)'}"
                           + (" (the VAE phase counts as done)" if "vae" in taken else "")
-                          + (f"; its {trained.dit.num_layers} DiT blocks are grown to {self.preset.dit.num_layers}, "
+                          + (f"; its {trained.dit.num_layers} DiT blocks are grown to {layers}, "
                              "the new ones starting as identities" if grown else "")
                           + (f"; its DiT predicted the {trained.dit.prediction}, this one learns to predict the "
                              f"{self.preset.dit.prediction}" if switched else ""))

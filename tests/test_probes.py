@@ -88,7 +88,7 @@ def test_temporal_reach_of_a_transformer_spreads_beyond_the_frame():
 
 
 def found(x: float, y: float) -> DetectedObject:
-    return DetectedObject((x, y), 100, (220.0, 40.0, 40.0), (0, 0, 10, 10), 1.0)
+    return DetectedObject((x, y), 100, (220.0, 40.0, 40.0), (0, 0, 10, 10))
 
 
 def test_track_spread():
