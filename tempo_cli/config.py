@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
 from tempo_cli.errors import ConfigError
+from tempo_cli.toyworld import check_weights
 
 T = TypeVar("T")
 
@@ -226,6 +227,8 @@ class SamplerConfig:
     negative_prompt: str = ""
     noise_correlation: tuple[float, ...] = ()
     noise_prior: str = "mixed"
+    # --data toyworld: how often each shape, motion or background is drawn against the others (those left out: 1)
+    world_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     # per level, how far the last latent frame of a chunk lags the first (sampling.staggered_schedule): a share of
     # the schedule; () or 0: every frame together. For models trained with train.frame_noise.
     stagger: tuple[float, ...] = ()
@@ -331,6 +334,8 @@ class TrainConfig:
     # sampler.noise_prior (PYoCo trains and samples with the same prior); (): independent frames
     noise_correlation: tuple[float, ...] = ()
     noise_prior: str = "mixed"
+    # --data toyworld: how often each shape, motion or background is drawn against the others (those left out: 1)
+    world_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("TrainConfig", batch_size=self.batch_size, stage1_lr=self.stage1_lr, stage2_lr=self.stage2_lr,
@@ -375,6 +380,10 @@ class TrainConfig:
         for name in ("vae_focus", "dit_focus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
+        if not isinstance(self.world_weights, dict):
+            raise ConfigError(f"train.world_weights maps shapes, motions or backgrounds to weights, got "
+                              f"{self.world_weights!r}", hint="for example {triangle: 2, circling: 2}")
+        object.__setattr__(self, "world_weights", check_weights(self.world_weights, "train.world_weights"))
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tempo_cli.errors import ConfigError
-from tempo_cli.toyworld import FPS, render, sample_scene
+from tempo_cli.toyworld import FPS, check_weights, render, sample_scene
 from tempo_cli.video import VIDEO_SUFFIXES, read_video, resize_frames
 
 if TYPE_CHECKING:
@@ -45,18 +46,21 @@ class ToyWorldSource:
     """Clip ``index`` is ``sample_scene`` of a seed drawn from (``seed``, ``index``), rendered from frame 0 (so
     the captioned direction is what the clip shows first) at ``fps`` and ``size`` x ``size``, with its caption."""
 
-    def __init__(self, seed: int = 0, size: int = 64, max_objects: int = 2, fps: float = FPS):
+    def __init__(self, seed: int = 0, size: int = 64, max_objects: int = 2, fps: float = FPS,
+                 weights: Mapping[str, float] | None = None):
         if int(seed) != seed or seed < 0:
             raise ConfigError(f"the toy world's seed must be a whole number >= 0, got {seed!r}")
         self.seed, self.size, self.max_objects, self.fps = int(seed), size, max_objects, fps
+        self.weights = check_weights(weights) if weights else None
 
     @property
     def identity(self) -> str:
-        return f"toyworld seed={self.seed} size={self.size} max_objects={self.max_objects} fps={self.fps}"
+        weighed = f" weights={sorted(self.weights.items())}" if self.weights else ""
+        return f"toyworld seed={self.seed} size={self.size} max_objects={self.max_objects} fps={self.fps}{weighed}"
 
     def clip(self, index: int, frames: int) -> tuple[np.ndarray, str]:
         _check_request(index, frames)
-        scene = sample_scene(_stable_int(self.seed, int(index)), self.max_objects)
+        scene = sample_scene(_stable_int(self.seed, int(index)), self.max_objects, self.weights)
         return render(scene, int(frames), self.fps, self.size), scene.caption
 
 
@@ -167,8 +171,9 @@ def _caption(video: Path, listed: dict[str, str]) -> str:
 
 
 def open_source(spec: str, preset: Preset) -> VideoSource:
-    """``--data``: ``toyworld`` or ``toyworld:SEED`` (the toy world at the preset's square frame size), else a
-    folder of captioned videos at the preset's frame size and fps. A folder named ``toyworld`` is ``./toyworld``."""
+    """``--data``: ``toyworld`` or ``toyworld:SEED`` (the toy world at the preset's square frame size, its scenes
+    drawn with the preset's ``train.world_weights``), else a folder of captioned videos at the preset's frame size
+    and fps. A folder named ``toyworld`` is ``./toyworld``."""
     video = preset.video
     name, _, seed = spec.partition(":")
     if name == TOYWORLD:
@@ -178,5 +183,6 @@ def open_source(spec: str, preset: Preset) -> VideoSource:
         if video.height != video.width:
             raise ConfigError(f"--data {spec!r}: the toy world is square, but preset {preset.name} makes "
                               f"{video.width}x{video.height} videos", hint="use a preset with square videos")
-        return ToyWorldSource(int(seed or 0), size=video.height, fps=video.fps)
+        weights = preset.train.world_weights if preset.train else None
+        return ToyWorldSource(int(seed or 0), size=video.height, fps=video.fps, weights=weights)
     return FolderSource(spec, video.height, video.width, video.fps)

@@ -97,6 +97,8 @@ def _describe(tp: Any) -> str:
     if typing.get_origin(tp) is tuple:
         count = "" if Ellipsis in typing.get_args(tp) else f"{len(args)} "
         return f"a list of {count}{_describe(args[0])}"
+    if typing.get_origin(tp) is dict:
+        return f"a mapping of {_describe(args[0])} to {_describe(args[1])}"
     if args:
         return " or ".join(_describe(a) for a in args)
     return "null" if tp is type(None) else tp.__name__
@@ -112,6 +114,8 @@ def _fits(value: Any, tp: Any) -> bool:
         return len(value) == len(kinds) and all(map(_fits, value, kinds))
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, a) for a in args)
+    if origin is dict:
+        return isinstance(value, Mapping) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
     if tp in (int, float):
         return isinstance(value, int if tp is int else (int, float)) and not isinstance(value, bool)
     return value is None if tp is type(None) else isinstance(value, tp)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -240,16 +240,48 @@ def _sample_object(rng: np.random.Generator, colour: str, shape: str, motion: st
     return obj
 
 
-def sample_scene(seed: int, max_objects: int = 2) -> SceneSpec:
-    """A scene drawn from ``np.random.default_rng(seed)``: 1 to ``max_objects`` objects of distinct colours."""
+WEIGHABLE = {"shape": SHAPES, "motion": MOTIONS, "background": tuple(BACKGROUNDS)}  # what sample_scene can weigh
+
+
+def check_weights(weights: Mapping[str, float], name: str = "the toy world's weights") -> dict[str, float]:
+    """``weights`` as a plain dict after checking that each names a shape, motion or background and is a number >= 0,
+    and that every kind keeps some name with a positive weight (names left out weigh 1). ``name`` heads errors."""
+    known = {item for kind in WEIGHABLE.values() for item in kind}
+    checked: dict[str, float] = {}
+    for item, weight in dict(weights).items():
+        if item not in known:
+            raise ConfigError(f"{name}: the toy world has no shape, motion or background {item!r}",
+                              hint=f"weigh some of: {', '.join(sorted(known))}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ConfigError(f"{name}: the weight of {item!r} must be a number >= 0, got {weight!r}")
+        checked[item] = float(weight)
+    for kind, items in WEIGHABLE.items():
+        if not any(checked.get(item, 1.0) > 0 for item in items):
+            raise ConfigError(f"{name} leave no {kind} to draw", hint=f"give one of {', '.join(items)} a weight > 0")
+    return checked
+
+
+def _draw(rng: np.random.Generator, names: Sequence[str], weights: Mapping[str, float] | None) -> str:
+    """One of ``names``, uniformly (``weights`` None) or in proportion to ``weights`` (names left out weigh 1)."""
+    if weights is None:
+        return names[int(rng.integers(len(names)))]
+    p = np.array([weights.get(name, 1.0) for name in names])
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+
+def sample_scene(seed: int, max_objects: int = 2, weights: Mapping[str, float] | None = None) -> SceneSpec:
+    """A scene drawn from ``np.random.default_rng(seed)``: 1 to ``max_objects`` objects of distinct colours.
+    ``weights`` (see :func:`check_weights`) makes some shapes, motions or backgrounds likelier than the others;
+    without it each is equally likely."""
     if not 1 <= max_objects <= len(COLOURS):
         raise ConfigError(f"max_objects must be in 1..{len(COLOURS)} (one colour each), got {max_objects!r}")
+    weights = check_weights(weights) if weights else None
     rng = np.random.default_rng(seed)
-    background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    background = _draw(rng, list(BACKGROUNDS), weights)
     count = int(rng.integers(1, max_objects + 1))
     objects: list[ObjectSpec] = []
     for colour in rng.permutation(list(COLOURS))[:count]:
-        shape, motion = SHAPES[int(rng.integers(len(SHAPES)))], MOTIONS[int(rng.integers(len(MOTIONS)))]
+        shape, motion = _draw(rng, SHAPES, weights), _draw(rng, MOTIONS, weights)
         objects.append(_sample_object(rng, str(colour), shape, motion, objects))
     return SceneSpec(background, tuple(objects))
 

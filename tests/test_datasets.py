@@ -77,6 +77,17 @@ def test_toyworld_clip_is_its_scene_rendered_from_frame_zero() -> None:
     assert np.array_equal(frames, render(scene, 6, 24, 64, start_frame=0))
 
 
+def test_toyworld_draws_scenes_with_its_weights() -> None:
+    from tempo_cli.datasets import _stable_int
+
+    weights = {"triangle": 4.0, "dark green": 0.0}
+    source = ToyWorldSource(seed=2, weights=weights)
+    for index in range(6):
+        assert source.clip(index, 5)[1] == sample_scene(_stable_int(2, index), weights=weights).caption
+    with pytest.raises(ConfigError, match="no shape, motion or background 'pink'"):
+        ToyWorldSource(weights={"pink": 1})
+
+
 def test_toyworld_rejects_bad_requests() -> None:
     with pytest.raises(ConfigError, match="index"):
         ToyWorldSource().clip(-1, 5)
@@ -177,6 +188,10 @@ def test_open_source_dispatches_on_the_spec(folder: Path) -> None:
     assert open_source("toyworld:5", preset).seed == 5
     videos = open_source(str(folder), preset_with(16, 32, 24))
     assert isinstance(videos, FolderSource) and (videos.height, videos.width, videos.fps) == (16, 32, 24)
+    weighed = dataclasses.replace(preset, train=dataclasses.replace(preset.train, world_weights={"circling": 2.0}))
+    source = open_source("toyworld", weighed)
+    assert source.weights == {"circling": 2.0} and "circling" in source.identity  # a new identity: a new cache
+    assert source.identity != toy.identity and toy.weights is None
     with pytest.raises(ConfigError, match="seed"):
         open_source("toyworld:x", preset)
     with pytest.raises(ConfigError, match="square"):

@@ -135,6 +135,11 @@ def test_overrides_parse_yaml_values() -> None:
     assert preset.sampler.steps == (4, 4, 4) and preset.video.height == 32
     assert preset.dit.eps == 1e-5 and preset.sampler.negative_prompt == "blurry, dark"
     assert preset.description == "changed"
+    weighed = load_preset("toy-init", ["train.world_weights={triangle: 2, circling: 0.5}"])
+    assert weighed.train.world_weights == {"triangle": 2.0, "circling": 0.5}
+    assert load_preset("toy-init").train.world_weights == {}
+    with pytest.raises(ConfigError, match=r"train\.world_weights: .* no shape, motion or background 'pink'"):
+        load_preset("toy-init", ["train.world_weights={pink: 2}"])
     data = {"video": {"height": 64}}
     assert apply_overrides(data, ["video.height=16"]) == {"video": {"height": 16}}
     assert data == {"video": {"height": 64}}  # the input is not changed
@@ -149,6 +154,7 @@ def test_overrides_parse_yaml_values() -> None:
     ("sampler.steps", UsageError, ["KEY=VALUE"]),
     ("=3", UsageError, ["KEY=VALUE"]),
     ("video.height=[1", UsageError, ["not valid YAML"]),
+    ("train.world_weights=[2]", ConfigError, ["train.world_weights", "a mapping of str to float"]),
 ])
 def test_bad_overrides_say_which(override: str, error: type, words: list[str]) -> None:
     with pytest.raises(error) as info:

@@ -3,6 +3,7 @@ evaluation helpers recovering the ground truth (centre, colour, shape, motion) f
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
@@ -118,6 +119,29 @@ def test_sampled_scenes_cover_the_vocabulary_within_the_ranges():
     assert {o.motion for o in objects} == set(MOTIONS) and {s.background for s in scenes} == set(BACKGROUNDS)
     assert all(SIZE_RANGE[0] <= o.size <= SIZE_RANGE[1] for o in objects)
     assert {len(sample_scene(seed, max_objects=1).objects) for seed in range(20)} == {1}
+
+
+def test_weights_make_names_likelier_or_leave_them_out():
+    weights = {"triangle": 3, "circling": 0, "standing still": 0, "black": 5}
+    scenes = [sample_scene(seed, weights=weights) for seed in SEEDS]
+    objects = [o for s in scenes for o in s.objects]
+    shapes = collections.Counter(o.shape for o in objects)
+    assert shapes["triangle"] > 2 * max(shapes["ball"], shapes["square"]) and shapes["ball"] > 0
+    assert {o.motion for o in objects} == set(MOTIONS) - {"circling", "standing still"}
+    assert sum(s.background == "black" for s in scenes) > len(scenes) / 2
+    assert sample_scene(7, weights=weights) == sample_scene(7, weights=weights)
+    assert all(sample_scene(seed, weights={}) == sample_scene(seed) for seed in range(20))  # none: as before
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    ({"red": 2}, "no shape, motion or background 'red'"),
+    ({"ball": -1}, "number >= 0"),
+    ({"circling": True}, "number >= 0"),
+    ({"ball": 0, "square": 0, "triangle": 0}, "leave no shape"),
+])
+def test_weights_that_cannot_be_drawn_are_refused(weights, message):
+    with pytest.raises(ConfigError, match=message):
+        sample_scene(0, weights=weights)
 
 
 @pytest.mark.parametrize("motion", MOTIONS[:-1])
