@@ -227,8 +227,6 @@ class SamplerConfig:
     negative_prompt: str = ""
     noise_correlation: tuple[float, ...] = ()
     noise_prior: str = "mixed"
-    # --data toyworld: how often each shape, motion or background is drawn against the others (those left out: 1)
-    world_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     # per level, how far the last latent frame of a chunk lags the first (sampling.staggered_schedule): a share of
     # the schedule; () or 0: every frame together. For models trained with train.frame_noise.
     stagger: tuple[float, ...] = ()
