@@ -54,6 +54,14 @@ def adherence_table(session, count: int, seed: int) -> dict[str, float]:
           f"{figures['shape']:.3f} of prompts; motion: {figures['motion']:.3f} of {figures['moving']} moving prompts, "
           f"{np.mean([j.motion_ok for j in judged]):.3f} of all; jumps between {figures['jumps']:.3f} of neighbouring "
           f"frames")
+    for kind in ("shape", "motion"):
+        groups: dict[str, list] = {}
+        for j in judged:
+            groups.setdefault(getattr(j, kind), []).append(j)
+        print(f"  by {kind}: " + "; ".join(
+            f"{name} ({len(js)}) colour {np.mean([j.colour_share for j in js]):.2f} shape "
+            f"{np.mean([j.shape_ok for j in js]):.2f} motion {np.mean([j.motion_ok for j in js]):.2f}"
+            for name, js in groups.items()))
     return figures
 
 
