@@ -155,6 +155,7 @@ def test_overrides_parse_yaml_values() -> None:
     ("=3", UsageError, ["KEY=VALUE"]),
     ("video.height=[1", UsageError, ["not valid YAML"]),
     ("train.world_weights=[2]", ConfigError, ["train.world_weights", "a mapping of str to float"]),
+    ("sampler.world_weights={ball: 2}", ConfigError, ["'sampler.world_weights'"]),  # the train section's only
 ])
 def test_bad_overrides_say_which(override: str, error: type, words: list[str]) -> None:
     with pytest.raises(error) as info:
