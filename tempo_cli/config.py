@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
 from tempo_cli.errors import ConfigError
-from tempo_cli.toyworld import check_weights
 
 T = TypeVar("T")
 
@@ -381,7 +380,10 @@ class TrainConfig:
         if not isinstance(self.world_weights, dict):
             raise ConfigError(f"train.world_weights maps shapes, motions or backgrounds to weights, got "
                               f"{self.world_weights!r}", hint="for example {triangle: 2, circling: 2}")
-        object.__setattr__(self, "world_weights", check_weights(self.world_weights, "train.world_weights"))
+        if self.world_weights:  # imported here: the toy world brings numpy, which loading a preset need not
+            from tempo_cli.toyworld import check_weights
+
+            object.__setattr__(self, "world_weights", check_weights(self.world_weights, "train.world_weights"))
 
 
 @dataclass(frozen=True)
