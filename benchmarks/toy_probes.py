@@ -16,9 +16,13 @@ README's "What holds it back".
   is given forward in time has a lower loss there than from noise);
 * next frame: the velocity loss on one latent frame k (1, 3, 5) at t = 0.8 and 0.95 as a rolling sampler sees it
   (frames before it clean, frames after it pure noise), with the own caption and with the motion swapped, against
-  the frames before it noised to t too (nothing given).
+  the frames before it noised to t too (nothing given);
+* from the truth: blueprints of the 24 test prompts started from the world's own clip of each, noised to a strength
+  (1: pure noise, the prompt alone) and denoised by the preset's sampler, judged like the blueprints of
+  tests/test_toy_model.py: the noise level where the DiT loses what the world's layout gave it.
 
-    python benchmarks/toy_probes.py [--preset toy] [--seeds 4] [--clips 24] [--threads N]
+    python benchmarks/toy_probes.py [--preset toy] [--seeds 4] [--clips 24] [--strengths 0.5 0.8 0.9 0.95 1]
+        [--probes NAME ...] [--threads N]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 from stages import blueprint, encode
 from tempo_cli import probes
 from tempo_cli.conditions import condition_latents
-from tempo_cli.evaluation import track
+from tempo_cli.evaluation import adherence, adherence_summary, prompt_set, track
 from tempo_cli.models.text_encoder import encode_prompts
 from tempo_cli.options import open_session
 from tempo_cli.toyworld import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, ObjectSpec, SceneSpec, render, scene_from_caption
@@ -40,6 +44,7 @@ from tempo_cli.training import to_video
 DIRECTIONS = ("moving left", "moving right", "moving up", "moving down")
 FRAMES = 33  # 6 fps frames of a blueprint: 9 latent frames
 INTERVAL = 4
+PROBES = ("motion-words", "high-noise", "caption-swaps", "next-frame", "from-truth")
 
 
 def motion_words(session, seeds: int) -> None:
@@ -171,20 +176,54 @@ def next_frame(session, count: int) -> None:
                   f"{loss['swapped']:.3f}; nothing given {loss['alone']:.3f}")
 
 
+@torch.no_grad()
+def from_truth(session, strengths: list[float], seed: int = 0) -> None:
+    from tempo_cli.pipeline import LevelSampling, denoise_level, encode_prompts, level_conditions
+    from tempo_cli.plan import make_plan
+    from tempo_cli.video import to_uint8_frames
+
+    preset, store = session.preset, session.store
+    height, width = preset.video.height, preset.video.width
+    level = make_plan(FRAMES, (INTERVAL,), (1,), height=height, width=width, base_fps=preset.video.fps).levels[0]
+    settings = LevelSampling.for_level(preset, INTERVAL)
+    vae = store.vae()
+    param = next(vae.parameters())
+    (conditions,) = level_conditions(vae, level, None, {}, height, width)
+    prompts = prompt_set(24)
+    truth = vae.encode(render_clips(prompts, 0).to(param.dtype))  # clip i drawn with seed i, as the judge's tests
+    embeds = [encode_prompts(store, p, preset.sampler.negative_prompt, settings.guided) for p in prompts]
+    for strength in strengths:
+        judged = []
+        for prompt, clean, (embed, negative) in zip(prompts, truth, embeds):
+            (z,) = denoise_level(store.dit(), level, [conditions], embed, negative, settings, seed, start=[clean],
+                                 strength=strength)
+            judged.append(adherence(to_uint8_frames(vae.decode(z[None].to(param.dtype))[0].float()), prompt))
+        f = adherence_summary(judged)
+        print(f"from the truth noised to {strength:g}: colour {f['colour']:.3f} of frames (worst prompt "
+              f"{f['worst colour']:.2f}), shape {f['shape']:.3f} of prompts, motion {f['motion']:.3f} of "
+              f"{f['moving']} moving prompts, jumps {f['jumps']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="toy")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95, 1.0],
+                        help="noise levels the world's clips start from (1: pure noise)")
+    parser.add_argument("--probes", nargs="+", choices=PROBES, help="run only these (default: all, in this order)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     session = open_session(args.preset, None, None, "cpu", None, quiet=True)
-    motion_words(session, args.seeds)
-    high_noise(session, args.clips)
-    caption_swaps(session, args.clips)
-    next_frame(session, args.clips)
+    run = {"motion-words": lambda: motion_words(session, args.seeds),
+           "high-noise": lambda: high_noise(session, args.clips),
+           "caption-swaps": lambda: caption_swaps(session, args.clips),
+           "next-frame": lambda: next_frame(session, args.clips),
+           "from-truth": lambda: from_truth(session, args.strengths)}
+    for name in args.probes or list(run):
+        run[name]()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 from tempo_cli import distributed, sampling
 from tempo_cli.conditions import anchors_from_layout, condition_latents, condition_video
 from tempo_cli.config import Preset
-from tempo_cli.errors import ConfigError
+from tempo_cli.errors import ConfigError, UsageError
 from tempo_cli.plan import Chunk, Level, join_spans
 
 
@@ -105,8 +105,12 @@ def _groups_by_length(level: Level) -> dict[int, list[int]]:
 def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_embeds: torch.Tensor,
                   negative_embeds: torch.Tensor | None, settings: LevelSampling, seed: int, *,
                   micro_batch: int | None = None, batch_guidance: bool = True,
-                  progress: Progress | None = None) -> list[torch.Tensor]:
-    """Denoise every chunk of ``level``; returns per chunk the latents ``[z, F, h, w]`` (float32, CPU)."""
+                  progress: Progress | None = None, start: Sequence[torch.Tensor] | None = None,
+                  strength: float = 1.0) -> list[torch.Tensor]:
+    """Denoise every chunk of ``level``; returns per chunk the latents ``[z, F, h, w]`` (float32, CPU).
+
+    ``start`` (per chunk, latents ``[z, F, h, w]``) starts from those latents noised to ``strength`` instead of
+    from pure noise, and runs only the schedule's steps below it (:func:`sampling.partial_schedule`)."""
     progress = progress or Progress()
     param = next(dit.parameters())
     device, dtype = param.device, param.dtype
@@ -121,6 +125,12 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
         members = [i for i in group if i in mine]
         batches += [members[i:i + size] for i in range(0, len(members), size)]
     schedules = [_schedule(settings, level.chunks[members[0]].latent_frames) for members in batches]
+    if start is not None:
+        if len(start) != len(level.chunks):
+            raise UsageError(f"start latents: {len(start)} given for {len(level.chunks)} chunk(s)")
+        schedules = [sampling.partial_schedule(*schedule, strength) for schedule in schedules]
+    elif strength != 1.0:
+        raise UsageError("a denoising strength below 1 needs start latents to noise")
     total = sum(len(sigmas) for sigmas, _ in schedules)
     steps = (f"{settings.steps} steps" + (f", staggered {settings.stagger:g}" if settings.stagger else "")
              + (f", each latent frame {settings.lag:g} steps behind" if settings.lag else ""))
@@ -132,6 +142,12 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                                                     correlation=settings.noise_correlation,
                                                     prior=settings.noise_prior)
                              for i in members]).to(device)
+            if start is not None:
+                given = torch.stack([start[i].float() for i in members]).to(device)
+                if given.shape != z.shape:
+                    raise UsageError(f"start latents of shape {tuple(given.shape[1:])} for chunks of "
+                                     f"{tuple(z.shape[1:])}")
+                z = (1 - strength) * given + strength * z
             rope = torch.tensor([level.chunks[i].rope for i in members], device=device)
             state = None
             for step in range(len(sigmas)):

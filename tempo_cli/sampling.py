@@ -81,6 +81,20 @@ def _lagged_schedule(steps: int, shift: float, lags: Tensor) -> tuple[Tensor, Te
     return grid[index.clamp(0, steps)], grid[(index + 1).clamp(0, steps)]
 
 
+def partial_schedule(sigmas: Tensor, next_sigmas: Tensor, strength: float) -> tuple[Tensor, Tensor]:
+    """The part of a schedule (``[N]`` or ``[S, F]``, with its ``next_sigmas``) below noise level ``strength``,
+    for denoising a given latent noised to ``strength`` (SDEdit; ComfyUI's "denoise"): every sigma is capped at
+    ``strength`` and the steps that then move no frame are dropped, so the first step starts every frame at
+    ``strength``. ``strength`` 1 is the whole schedule."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise ConfigError(f"the denoising strength must be in (0, 1], got {strength!r}",
+                          "1 starts from pure noise; 0.5 keeps the given latents' layout")
+    sigmas, next_sigmas = sigmas.clamp(max=strength), next_sigmas.clamp(max=strength)
+    moving = sigmas != next_sigmas
+    keep = moving if moving.dim() == 1 else moving.any(dim=1)
+    return sigmas[keep], next_sigmas[keep]
+
+
 def next_sigmas(sigmas: Tensor) -> Tensor:
     """The sigma each step lands on: ``sigmas[1:]`` followed by 0. ``[N] -> [N]``."""
     return torch.cat([sigmas[1:], sigmas.new_zeros(1)])

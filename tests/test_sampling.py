@@ -20,6 +20,7 @@ from tempo_cli.sampling import (
     flow_schedule,
     guide,
     initial_noise,
+    partial_schedule,
     next_sigmas,
     noise_seed,
     rolling_schedule,
@@ -293,3 +294,54 @@ def test_denoise_level_walks_each_latent_frame_along_its_schedule(stagger, lag):
         assert torch.equal(torch.stack(dit.calls)[:, 0], sigmas[:, 0] * 1000)  # one time per sample, as always
     # a velocity of ones takes every frame from its noise down by its whole schedule: 1 - 0
     torch.testing.assert_close(z, start - 1.0)
+
+
+def test_partial_schedule_starts_every_frame_at_the_strength():
+    flat, _ = flow_schedule(8, 3.0)
+    sigmas, following = partial_schedule(flat, next_sigmas(flat), 0.6)
+    assert sigmas[0] == pytest.approx(0.6) and bool((sigmas <= 0.6).all()) and following[-1] == 0
+    assert torch.equal(sigmas[1:], flat[flat < 0.6]) and torch.equal(following[:-1], sigmas[1:])
+    assert torch.equal(partial_schedule(flat, next_sigmas(flat), 1.0)[0], flat)
+    grid, grid_next = rolling_schedule(8, 3.0, 4, 2.0)
+    sigmas, following = partial_schedule(grid, grid_next, 0.6)
+    assert bool((sigmas[0] == 0.6).all()) and bool((sigmas <= 0.6).all()) and bool((following[-1] == 0).all())
+    assert bool((sigmas != following).any(dim=1).all())  # no step that moves nothing
+    for k in range(4):  # each frame walks its own schedule below the strength, the later ones lagging
+        column = sigmas[:, k][sigmas[:, k] < 0.6]
+        assert torch.equal(column[column > 0], flat[(flat < 0.6) & (flat > 0)])
+    torch.testing.assert_close(partial_schedule(grid, grid_next, 1.0), (grid, grid_next))
+
+
+@pytest.mark.parametrize("strength", [0.0, -0.5, 1.5, True, math.nan])
+def test_partial_schedule_refuses_a_strength_outside_0_1(strength):
+    flat, _ = flow_schedule(8, 3.0)
+    with pytest.raises(ConfigError, match="strength"):
+        partial_schedule(flat, next_sigmas(flat), strength)
+
+
+@pytest.mark.parametrize("lag", [0.0, 2.0])
+def test_denoise_level_from_start_latents_noised_to_a_strength(lag):
+    from tempo_cli import pipeline
+    from tempo_cli.errors import UsageError
+    from tempo_cli.plan import make_plan
+
+    level = make_plan(17, (4,), (1,), height=16, width=16).levels[0]
+    settings = pipeline.LevelSampling(steps=8, shift=3.0, guidance="none", guidance_scale=1.0, lag=lag)
+    clean = torch.randn(4, 5, 2, 2)
+    y = torch.zeros(4 + 4, 5, 2, 2)
+    dit = _Recorder()
+    (z,) = pipeline.denoise_level(dit, level, [y], torch.zeros(3, 8), None, settings, seed=1, start=[clean],
+                                  strength=0.4)
+    noise = initial_noise((4, 5, 2, 2), 1, level.interval, 0)
+    times = torch.stack(dit.calls)[:, 0]
+    assert bool((times <= 400 + 1e-3).all()) and bool((times[0] == 400).all())
+    # a velocity of ones takes every frame from its noised start down by 0.4, to 0
+    torch.testing.assert_close(z, 0.6 * clean + 0.4 * noise - 0.4)
+    with pytest.raises(UsageError, match="start latents"):
+        pipeline.denoise_level(dit, level, [y], torch.zeros(3, 8), None, settings, seed=1, start=[clean, clean],
+                               strength=0.4)
+    with pytest.raises(UsageError, match="shape"):
+        pipeline.denoise_level(dit, level, [y], torch.zeros(3, 8), None, settings, seed=1,
+                               start=[clean[:, :3]], strength=0.4)
+    with pytest.raises(UsageError, match="needs start latents"):
+        pipeline.denoise_level(dit, level, [y], torch.zeros(3, 8), None, settings, seed=1, strength=0.4)
