@@ -78,6 +78,34 @@ def grow_blocks(trained: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]
     return out
 
 
+def finer_patches(old: tuple[int, ...], new: tuple[int, ...]) -> bool:
+    """Whether a DiT with ``old`` patches can be split into one with ``new`` ones: the same temporal size, and
+    spatial sizes that divide the old ones."""
+    return tuple(old) != tuple(new) and old[0] == new[0] and all(o % n == 0 for o, n in zip(old[1:], new[1:]))
+
+
+def repatch(trained: dict[str, torch.Tensor], old: tuple[int, ...], new: tuple[int, ...],
+            out_dim: int) -> dict[str, torch.Tensor]:
+    """The state of a DiT with finer spatial patches (``new``, see :func:`finer_patches`) from a trained one with
+    ``old`` patches: each old patch splits into parts of the new size. The patch embedding sums the old one over the
+    parts, so a new token embeds its part as the old one embedded a patch of copies of it; the head averages its old
+    outputs over the parts; every other tensor is kept. The blocks then see tokens of the new, finer grid (RoPE
+    indices count them), and training teaches them that grid."""
+    if not finer_patches(old, new):
+        raise ConfigError(f"can't split DiT patches {list(old)} into {list(new)}",
+                          hint="a finer patch keeps the temporal size and divides the spatial ones, e.g. "
+                               "[1, 4, 4] -> [1, 2, 2]")
+    pt, (rh, rw), (nh, nw) = new[0], (old[1] // new[1], old[2] // new[2]), new[1:]
+    out = dict(trained)
+    embed = trained["patch_embedding.weight"]  # [dim, in, pt, ph, pw]
+    out["patch_embedding.weight"] = embed.reshape(*embed.shape[:3], rh, nh, rw, nw).sum(dim=(3, 5)).contiguous()
+    weight, bias = trained["head.head.weight"], trained["head.head.bias"]  # rows ordered (pt, ph, pw, out_dim)
+    out["head.head.weight"] = (weight.reshape(pt, rh, nh, rw, nw, out_dim, -1).mean(dim=(1, 3))
+                               .reshape(-1, weight.shape[-1]).contiguous())
+    out["head.head.bias"] = bias.reshape(pt, rh, nh, rw, nw, out_dim).mean(dim=(1, 3)).reshape(-1).contiguous()
+    return out
+
+
 @contextlib.contextmanager
 def _weights_swapped_in(model: torch.nn.Module, tensors: dict[str, torch.Tensor] | None) -> Iterator[None]:
     """``model`` holds ``tensors`` (e.g. its EMA) inside the block and its own weights again after; no-op for None."""
@@ -211,17 +239,25 @@ class Trainer:
         same = {"vae": dataclasses.replace(self.preset.vae, **stats) == trained.vae,
                 # the same tensors whatever the head is trained to predict: a new target is learnt on from them; and
                 # a deeper DiT of the same kind grows from the trained one (depth up-scaling, grow_blocks)
+                # and one with finer spatial patches is split from it (repatch)
                 "dit": self.preset.dit == dataclasses.replace(trained.dit, prediction=self.preset.dit.prediction,
-                                                              num_layers=max(layers, trained.dit.num_layers)),
+                                                              num_layers=max(layers, trained.dit.num_layers),
+                                                              patch_size=self.preset.dit.patch_size)
+                and (tuple(self.preset.dit.patch_size) == tuple(trained.dit.patch_size)
+                     or finer_patches(trained.dit.patch_size, self.preset.dit.patch_size)),
                 "text_encoder": (self.preset.text_encoder == trained.text_encoder
                                  and self.preset.weights.tokenizer == trained.weights.tokenizer)}
         taken = [name for name in ("vae", "text_encoder", "dit") if same[name]]
         grown = "dit" in taken and layers > trained.dit.num_layers
+        split = "dit" in taken and tuple(self.preset.dit.patch_size) != tuple(trained.dit.patch_size)
         for name in taken:
             source = store.text_encoder()[0] if name == "text_encoder" else getattr(store, name)()
             tensors = source.state_dict()
             if name == "dit" and grown:
                 tensors = grow_blocks(tensors, self.dit.state_dict(), trained.dit.num_layers, layers)
+            if name == "dit" and split:
+                tensors = repatch(tensors, tuple(trained.dit.patch_size), tuple(self.preset.dit.patch_size),
+                                  self.preset.dit.out_dim)
             _load_weights(self._models()[name], tensors)
         if "vae" in taken:
             self.state = dataclasses.replace(self.state, done=("vae",), latents_mean=stats["latents_mean"],
@@ -232,6 +268,8 @@ class Trainer:
                           + (" (the VAE phase counts as done)" if "vae" in taken else "")
                           + (f"; its {trained.dit.num_layers} DiT blocks are grown to {layers}, "
                              "the new ones starting as identities" if grown else "")
+                          + (f"; its {list(trained.dit.patch_size)} patches are split into "
+                             f"{list(self.preset.dit.patch_size)}" if split else "")
                           + (f"; its DiT predicted the {trained.dit.prediction}, this one learns to predict the "
                              f"{self.preset.dit.prediction}" if switched else ""))
         distributed.barrier()  # every rank has looked for an earlier run before rank 0 writes this one

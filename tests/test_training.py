@@ -574,6 +574,45 @@ def test_a_deeper_dit_grows_from_a_trained_one_and_computes_the_same():
         assert not torch.allclose(deeper(x, steps, ctx, y, pos), trained(x, steps, ctx, y, pos))
 
 
+def test_finer_patches_split_a_trained_dits_patch_embedding_and_head():
+    from tempo_cli.trainer import finer_patches, repatch
+
+    assert finer_patches((1, 4, 4), (1, 2, 2)) and finer_patches((1, 2, 2), (1, 1, 1))
+    assert finer_patches((1, 4, 4), (1, 4, 2)) and not finer_patches((1, 2, 2), (1, 2, 2))
+    assert not finer_patches((1, 4, 4), (1, 3, 3)) and not finer_patches((1, 2, 2), (2, 1, 1))
+    assert not finer_patches((1, 2, 2), (1, 4, 4))
+    with pytest.raises(ConfigError, match="can't split DiT patches"):
+        repatch({}, (1, 2, 2), (1, 4, 4), 16)
+    config = load_preset("tiny-random").dit  # 2x2 patches
+    torch.manual_seed(0)
+    trained, finer = MultiMaskDiT(config), MultiMaskDiT(dataclasses.replace(config, patch_size=(1, 1, 1)))
+    finer.load_state_dict(repatch(trained.state_dict(), (1, 2, 2), (1, 1, 1), config.out_dim))
+    split, whole = finer.state_dict(), trained.state_dict()
+    assert torch.equal(split["blocks.1.ffn.0.weight"], whole["blocks.1.ffn.0.weight"])
+    # a patch of copies of one value per channel embeds as the old patch did, in every new token
+    cells = torch.randn(1, config.in_dim, 2, 2, 2)
+    tiled = cells.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)  # each cell a 2x2 patch of copies
+    with torch.no_grad():
+        old_tokens = trained.patchify(tiled).reshape(1, 2, 2, 2, -1)  # [B, f, h, w, dim]
+        new_tokens = finer.patchify(tiled).reshape(1, 2, 4, 4, -1)
+        torch.testing.assert_close(new_tokens, old_tokens.repeat_interleave(2, 2).repeat_interleave(2, 3))
+        # the head of a token gives the mean of the old head's outputs over the parts of its patch
+        h = torch.randn(3, config.dim)
+        old_out = trained.head.head(h).reshape(3, 2, 2, config.out_dim)
+        torch.testing.assert_close(finer.head.head(h), old_out.mean(dim=(1, 2)))
+
+
+def test_init_splits_a_trained_dits_patches_into_finer_ones(tmp_path, tiny_train, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny-train", "--set", "dit.patch_size=[1,1,1]", "--data", "toyworld:3",
+                 "--out", str(out), "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1",
+                 "--init", "tiny-random"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "starting from tiny-random's vae, text_encoder, dit (the VAE phase counts as done); its [1, 2, 2] " \
+        "patches are split into [1, 1, 1]" in err
+    assert load_file_tensors(out / "dit.safetensors")["patch_embedding.weight"].shape[2:] == (1, 1, 1)
+
+
 def test_init_grows_a_trained_dit_into_a_deeper_preset(tmp_path, tiny_train, capsys):
     out = tmp_path / "run"
     assert main(["train", "--preset", "tiny-train", "--set", "dit.num_layers=3", "--data", "toyworld:3",
