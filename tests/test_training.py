@@ -602,25 +602,19 @@ def test_finer_patches_split_a_trained_dits_patch_embedding_and_head():
         torch.testing.assert_close(finer.head.head(h), old_out.mean(dim=(1, 2)))
 
 
-def test_init_splits_a_trained_dits_patches_into_finer_ones(tmp_path, tiny_train, capsys):
+@pytest.mark.parametrize("setting, grown, check", [
+    ("dit.num_layers=3", "its 2 DiT blocks are grown to 3, the new ones starting as identities",
+     lambda dit: "blocks.2.ffn.2.weight" in dit),
+    ("dit.patch_size=[1,1,1]", "its [1, 2, 2] patches are split into [1, 1, 1]",
+     lambda dit: dit["patch_embedding.weight"].shape[2:] == (1, 1, 1)),
+])
+def test_init_grows_or_splits_a_trained_dit_into_the_new_preset(tmp_path, tiny_train, capsys, setting, grown, check):
     out = tmp_path / "run"
-    assert main(["train", "--preset", "tiny-train", "--set", "dit.patch_size=[1,1,1]", "--data", "toyworld:3",
-                 "--out", str(out), "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1",
-                 "--init", "tiny-random"]) == 0
-    err = " ".join(capsys.readouterr().err.split())
-    assert "starting from tiny-random's vae, text_encoder, dit (the VAE phase counts as done); its [1, 2, 2] " \
-        "patches are split into [1, 1, 1]" in err
-    assert load_file_tensors(out / "dit.safetensors")["patch_embedding.weight"].shape[2:] == (1, 1, 1)
-
-
-def test_init_grows_a_trained_dit_into_a_deeper_preset(tmp_path, tiny_train, capsys):
-    out = tmp_path / "run"
-    assert main(["train", "--preset", "tiny-train", "--set", "dit.num_layers=3", "--data", "toyworld:3",
+    assert main(["train", "--preset", "tiny-train", "--set", setting, "--data", "toyworld:3",
                  "--out", str(out), "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1",
                  "--init", "tiny-random"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "untrained random weights" not in err  # the preset's notice is for videos, not for a run that trains it
-    assert "starting from tiny-random's vae, text_encoder, dit (the VAE phase counts as done); its 2 DiT blocks " \
-        "are grown to 3, the new ones starting as identities" in err
-    assert load_preset(str(out / "preset.yaml")).dit.num_layers == 3
-    assert "blocks.2.ffn.2.weight" in load_file_tensors(out / "dit.safetensors")
+    assert f"starting from tiny-random's vae, text_encoder, dit (the VAE phase counts as done); {grown}" in err
+    assert load_preset(str(out / "preset.yaml")).dit == load_preset("tiny-train", setting.split()).dit
+    assert check(load_file_tensors(out / "dit.safetensors"))
