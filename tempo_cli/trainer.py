@@ -237,9 +237,9 @@ class Trainer:
         stats = {"latents_mean": trained.vae.latents_mean, "latents_std": trained.vae.latents_std}
         layers = self.preset.dit.num_layers
         same = {"vae": dataclasses.replace(self.preset.vae, **stats) == trained.vae,
-                # the same tensors whatever the head is trained to predict: a new target is learnt on from them; and
-                # a deeper DiT of the same kind grows from the trained one (depth up-scaling, grow_blocks)
-                # and one with finer spatial patches is split from it (repatch)
+                # the same tensors whatever the head is trained to predict: a new target is learnt on from them; a
+                # deeper DiT of the same kind grows from the trained one (depth up-scaling, grow_blocks), and one
+                # with finer spatial patches is split from it (repatch)
                 "dit": self.preset.dit == dataclasses.replace(trained.dit, prediction=self.preset.dit.prediction,
                                                               num_layers=max(layers, trained.dit.num_layers),
                                                               patch_size=self.preset.dit.patch_size)
