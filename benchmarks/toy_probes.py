@@ -178,7 +178,9 @@ def next_frame(session, count: int) -> None:
 
 @torch.no_grad()
 def from_truth(session, strengths: list[float], seed: int = 0) -> None:
-    from tempo_cli.pipeline import LevelSampling, denoise_level, encode_prompts, level_conditions
+    # the sampler's own prompt and negative embeddings (not the module's batch encoder of the same name)
+    from tempo_cli.pipeline import LevelSampling, denoise_level, level_conditions
+    from tempo_cli.pipeline import encode_prompts as prompt_embeddings
     from tempo_cli.plan import make_plan
     from tempo_cli.video import to_uint8_frames
 
@@ -191,7 +193,7 @@ def from_truth(session, strengths: list[float], seed: int = 0) -> None:
     (conditions,) = level_conditions(vae, level, None, {}, height, width)
     prompts = prompt_set(24)
     truth = vae.encode(render_clips(prompts, 0).to(param.dtype))  # clip i drawn with seed i, as the judge's tests
-    embeds = [encode_prompts(store, p, preset.sampler.negative_prompt, settings.guided) for p in prompts]
+    embeds = [prompt_embeddings(store, p, preset.sampler.negative_prompt, settings.guided) for p in prompts]
     for strength in strengths:
         judged = []
         for prompt, clean, (embed, negative) in zip(prompts, truth, embeds):
