@@ -1,5 +1,6 @@
 """``tempo blueprint``: the coarsest level of the whole clip, generated in one chunk with bidirectional
-attention, optionally anchored on a first image, a last image and keyframes at any time."""
+attention, optionally anchored on a first image, a last image and keyframes at any time, or redrawn from a
+video (video-to-video: the video's frames noised to ``--strength`` and denoised with the prompt)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from tempo_cli.errors import UsageError
 from tempo_cli.plugins import Stage
 
 if TYPE_CHECKING:
+    import torch
+
     from tempo_cli.latents import LatentFile
     from tempo_cli.options import Session
 
@@ -69,10 +72,43 @@ def load_anchors(paths: dict[int, Path], height: int, width: int) -> dict:
     return {p: from_uint8_frames(read_image(path, (height, width))[None])[:, 0] for p, path in paths.items()}
 
 
+def video_frames(path: Path, fps: float, frames: int | None, seconds: float | None, height: int,
+                 width: int) -> "torch.Tensor":
+    """The video at ``path`` at ``fps`` and the preset's size, as ``[3, T, H, W]`` in [-1, 1]: ``--frames`` or
+    ``--seconds`` of it from its start, or by default the longest 4k+1 frames it covers."""
+    from tempo_cli.video import from_uint8_frames, sample_video
+
+    wanted = None if frames is None and seconds is None else frame_count(fps, frames, seconds, 5.0)
+    clip, rate = sample_video(path, fps, (height, width), max_frames=wanted)
+    count = wanted or 4 * ((len(clip) - 1) // 4) + 1
+    if len(clip) < max(count, 5):
+        covered = f"{len(clip)} frame(s) at {fps:g} fps"
+        raise UsageError(f"--video {path} gives {covered}; the blueprint needs {max(count, 5)}",
+                         hint="pass a shorter --seconds or --frames, or a longer video")
+    return from_uint8_frames(clip[:count])
+
+
+def start_latents(vae, level, video: "torch.Tensor") -> list["torch.Tensor"]:
+    """Per chunk of ``level``, the VAE latents ``[z, F, h, w]`` of the frames of ``video [3, T, H, W]`` at its
+    positions (zeros at padding slots), to denoise from."""
+    import torch
+
+    param = next(vae.parameters())
+    out = []
+    for chunk in level.chunks:
+        clip = torch.stack([video[:, p] if p is not None else torch.zeros_like(video[:, 0])
+                            for p in chunk.positions], dim=1)  # [3, F, H, W]
+        with torch.inference_mode():
+            out.append(vae.encode(clip[None].to(param.device, param.dtype))[0].float())
+    return out
+
+
 def run(session: "Session", prompt: str, *, fps: float, frames: int | None = None, seconds: float | None = None,
         image: Path | None = None, last_image: Path | None = None, keyframes: Sequence[str] = (), seed: int = 0,
-        steps: int | None = None, micro_batch: int | None = None) -> "LatentFile":
-    """Generate the blueprint level; returns its latent file (not yet written)."""
+        steps: int | None = None, micro_batch: int | None = None, video: Path | None = None,
+        strength: float | None = None) -> "LatentFile":
+    """Generate the blueprint level; returns its latent file (not yet written). With ``video`` the level starts
+    from that video's latents noised to ``strength`` (default 0.8) instead of from pure noise."""
     from tempo_cli.latents import LatentFile, LatentHeader
     from tempo_cli.pipeline import LevelSampling, chunk_records, denoise_level, encode_prompts, level_conditions
     from tempo_cli.plan import make_plan
@@ -82,8 +118,10 @@ def run(session: "Session", prompt: str, *, fps: float, frames: int | None = Non
     if not prompt.strip():
         raise UsageError("the prompt is empty", hint='describe the video, e.g. tempo blueprint "a dog in snow"')
     interval = level_interval(preset, fps)
-    count = frame_count(fps, frames, seconds, default_seconds=5.0)
     height, width = preset.video.height, preset.video.width
+    strength = check_strength(video, strength)
+    source = video_frames(video, fps, frames, seconds, height, width) if video else None
+    count = source.shape[1] if source is not None else frame_count(fps, frames, seconds, default_seconds=5.0)
     paths = parse_keyframes(keyframes, fps, count)
     paths.update({0: image} if image else {})
     paths.update({count - 1: last_image} if last_image else {})
@@ -94,16 +132,31 @@ def run(session: "Session", prompt: str, *, fps: float, frames: int | None = Non
     weights_id = store.weights_id
     embeds, negative = encode_prompts(store, prompt, preset.sampler.negative_prompt, settings.guided, progress)
     conditions = level_conditions(store.vae(), level, None, anchors, height, width)
+    start = start_latents(store.vae(), level, source) if source is not None else None
     latents = denoise_level(store.dit(), level, conditions, embeds, negative, settings, seed,
-                            micro_batch=micro_batch, progress=progress)
+                            micro_batch=micro_batch, progress=progress, start=start, strength=strength)
+    redrawn = {"video": str(video), "strength": strength} if video else {}
     header = LatentHeader(
         stage="blueprint", preset=preset.name, preset_config=resolved_dict(preset), weights_id=weights_id,
         prompt=prompt, negative_prompt=preset.sampler.negative_prompt, seed=seed, steps=settings.steps,
         shift=settings.shift, guidance=settings.guidance, guidance_scale=settings.guidance_scale,
         fps=preset.video.fps / interval, frame_interval=interval, frames=count, height=height, width=width,
         layout="blueprint", chunks=chunk_records(level),
-        extra={"anchors": {str(p): str(path) for p, path in sorted(paths.items())}})
+        extra={"anchors": {str(p): str(path) for p, path in sorted(paths.items())}, **redrawn})
     return LatentFile(header, latents, embeds, negative)
+
+
+def check_strength(video: Path | None, strength: float | None) -> float:
+    """``--strength``: only with ``--video``, in (0, 1]; 0.8 by default (diffusers' video-to-video default)."""
+    if video is None:
+        if strength is not None:
+            raise UsageError("--strength needs --video: it is how far the video's frames are noised")
+        return 1.0
+    strength = 0.8 if strength is None else strength
+    if not 0 < strength <= 1:
+        raise UsageError(f"--strength must be in (0, 1], got {strength:g}",
+                         hint="lower keeps more of the video; 1 starts from pure noise")
+    return strength
 
 
 def command(
@@ -115,6 +168,8 @@ def command(
     last_image: Annotated[Optional[Path], typer.Option("--last-image", help="Last frame.")] = None,
     keyframe: Annotated[Optional[list[str]], typer.Option("--keyframe", help="TIME=IMAGE anchor, e.g. "
                                                           "3.5s=key.png or 12f=key.png. Repeatable.")] = None,
+    video: opt.VideoOpt = None,
+    strength: opt.StrengthOpt = None,
     seed: opt.SeedOpt = 0,
     steps: opt.StepsOpt = None,
     output: opt.OutputOpt = None,
@@ -133,9 +188,11 @@ def command(
 
     target = output or default_output(prompt, fps)
     check_writable(target, force=force)
+    check_strength(video, strength)
     session = opt.open_session(preset, set_, weights, device, dtype, quiet, offload=offload)
     latent_file = run(session, prompt, fps=fps, frames=frames, seconds=seconds, image=image, last_image=last_image,
-                      keyframes=keyframe or (), seed=seed, steps=steps, micro_batch=micro_batch)
+                      keyframes=keyframe or (), seed=seed, steps=steps, micro_batch=micro_batch, video=video,
+                      strength=strength)
     opt.write_latents(latent_file, target, force)
 
 

@@ -21,6 +21,8 @@ def command(
     image: Annotated[Optional[Path], typer.Option("--image", help="First frame (image-to-video).")] = None,
     last_image: Annotated[Optional[Path], typer.Option("--last-image", help="Last frame.")] = None,
     keyframe: Annotated[Optional[list[str]], typer.Option("--keyframe", help="TIME=IMAGE anchor. Repeatable.")] = None,
+    video: opt.VideoOpt = None,
+    strength: opt.StrengthOpt = None,
     via: Annotated[Optional[str], typer.Option("--via", help="Frame rates of the levels, e.g. 6,12,24 or 6,24 "
                                                "(default: the preset's).")] = None,
     chunks: Annotated[Optional[str], typer.Option("--chunks", help="Chunks per refined level, e.g. 2,4.")] = None,
@@ -49,14 +51,15 @@ def command(
     if latents is not None:
         check_writable(latents, force=force)
     encode.check_outputs(str(output), None, force)  # a bad suffix fails now, not after the whole generation
+    blueprint.check_strength(video, strength)
     session = opt.open_session(preset, set_, weights, device, dtype, quiet, offload=offload)
-    video = session.preset.video
+    rates = session.preset.video
     chain = refine.parse_ints(via, "--via") or []
-    start_fps = float(chain[0]) if chain else video.fps / video.frame_intervals[0]
-    final_fps = float(chain[-1]) if chain else video.fps / video.frame_intervals[-1]
+    start_fps = float(chain[0]) if chain else rates.fps / rates.frame_intervals[0]
+    final_fps = float(chain[-1]) if chain else rates.fps / rates.frame_intervals[-1]
     result = blueprint.run(session, prompt, fps=start_fps, frames=frames, seconds=seconds, image=image,
                            last_image=last_image, keyframes=keyframe or (), seed=seed, steps=steps,
-                           micro_batch=micro_batch)
+                           micro_batch=micro_batch, video=video, strength=strength)
     session.store.release("text_encoder")
     if final_fps != start_fps:
         result = refine.run(session, result, to_fps=final_fps, via=via, chunks=chunks, layout=layout, steps=steps,

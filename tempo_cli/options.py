@@ -32,6 +32,11 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the whole run; eac
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps per level (default: preset's).")]
 MicroBatchOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Chunks denoised at once (default: "
                                                       "all chunks of a level).")]
+VideoOpt = Annotated[Optional[Path], typer.Option("--video", help="Video to redraw with the prompt "
+                                                 "(video-to-video): its frames at the blueprint's rate, noised to "
+                                                 "--strength. Its length unless --seconds/--frames.")]
+StrengthOpt = Annotated[Optional[float], typer.Option("--strength", help="With --video: how far its frames are "
+                                                      "noised, in (0, 1]; lower keeps more of it (default 0.8).")]
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Output file; '-' writes to stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 OffloadOpt = Annotated[bool, typer.Option("--offload", help="Keep the DiT's blocks in CPU memory, each moving "

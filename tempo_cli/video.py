@@ -147,6 +147,35 @@ def read_video(
     return np.stack(frames), fps
 
 
+def sample_video(
+    path: str | os.PathLike, fps: float, size: tuple[int, int], *, max_frames: int | None = None
+) -> tuple[np.ndarray, float]:
+    """A video resampled to ``fps`` from its first frame: output frame ``j`` is the source frame nearest to time
+    ``j / fps`` (the earlier on a tie, as ``datasets.resample_indices``), scaled to cover ``size = (height, width)`` and centre-cropped. Returns uint8 ``[T, H, W, 3]``
+    (at most ``max_frames``) and the source's frame rate. Frames are decoded one at a time, so a long or large
+    source is never held whole."""
+    path = _existing(path, "video")
+    if not fps > 0:
+        raise UsageError(f"fps must be positive, got {fps:g}")
+    out: list[np.ndarray] = []
+    with _decoded(path) as (stream, rate):
+        if not rate > 0:
+            raise ConfigError(f"cannot read video {path}: it has no frame rate")
+        try:
+            for i, frame in enumerate(stream):
+                # a higher fps than the source's repeats a source frame
+                while (math.ceil(len(out) * rate / fps - 0.5 - 1e-9) == i
+                       and (max_frames is None or len(out) < max_frames)):
+                    out.append(np.asarray(_cover(Image.fromarray(frame), *size)))
+                if max_frames is not None and len(out) >= max_frames:
+                    break
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"cannot read video {path}: {_ffmpeg_reason(exc)}") from exc
+    if not out:
+        raise ConfigError(f"cannot read video {path}: it has no frames")
+    return np.stack(out), rate
+
+
 def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """An image as uint8 ``[H, W, 3]``; with ``size=(height, width)`` scaled to cover it and center-cropped."""
     path = _existing(path, "image")

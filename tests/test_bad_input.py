@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -355,6 +356,24 @@ def test_unreadable_videos(here, stage):
     run = tempo(stage, "broken.mp4", "--prompt", "a dog", *TINY)
     assert_error(run, 1, "cannot read video broken.mp4")
     assert_error(tempo(stage, "missing.mp4", "--prompt", "a dog", *TINY), 1, "cannot read video missing.mp4")
+    assert snapshot(here) == before
+
+
+@pytest.mark.parametrize("stage", ["blueprint", "generate"])
+def test_bad_video_to_video_options(here, stage):
+    from tempo_cli.video import write_video
+
+    write_video(np.full((7, 48, 64, 3), 90, np.uint8), here / "short.mp4", 6)  # 1 s at 6 fps
+    (here / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing")
+    before = snapshot(here)
+    assert_error(tempo(stage, "a dog", *TINY, "--strength", 0.5), 2, "--strength needs --video")
+    for strength in ("0", "1.5", "nan"):
+        assert_error(tempo(stage, "a dog", *TINY, "--video", "short.mp4", "--strength", strength), 2,
+                     f"--strength must be in (0, 1], got {float(strength):g}", hint="lower keeps more")
+    assert_error(tempo(stage, "a dog", *TINY, "--video", "short.mp4", "--seconds", 2), 2,
+                 "--video short.mp4 gives 7 frame(s) at 6 fps; the blueprint needs 13", hint="shorter --seconds")
+    assert_error(tempo(stage, "a dog", *TINY, "--video", "broken.mp4"), 1, "cannot read video broken.mp4")
+    assert_error(tempo(stage, "a dog", *TINY, "--video", "missing.mp4"), 1, "cannot read video missing.mp4")
     assert snapshot(here) == before
 
 

@@ -381,6 +381,22 @@ def test_continue_a_video_file_with_a_prompt(b6_mp4, tmp_path):
     assert h.extra["segments"][-1]["context_frames"] == 4
 
 
+def test_blueprint_redraws_a_video_from_the_strength_down(chain, b6_mp4, tmp_path):
+    """--video: the level starts from the video's latents noised to --strength; its length by default. At
+    strength 1 the start is pure noise, so the video is not used and the blueprint is the plain one."""
+    redrawn, whole = tmp_path / "redrawn.safetensors", tmp_path / "whole.safetensors"
+    run = ok(tempo("blueprint", PROMPT, "--video", b6_mp4, "--strength", 0.5, "--preset", "tiny-random",
+                   "-o", redrawn, *CPU))
+    assert run.lines == [str(redrawn)]
+    h = load(redrawn).header
+    assert (h.frames, h.fps, h.extra["video"], h.extra["strength"]) == (N, 6.0, str(b6_mp4), 0.5)
+    assert not same_latents(load(redrawn), load(chain.b6))
+    ok(tempo("blueprint", PROMPT, "--video", b6_mp4, "--strength", 1, "--frames", 5, "--preset", "tiny-random",
+             "-o", whole, *CPU))
+    plain = ok(tempo("blueprint", PROMPT, "--frames", 5, "--preset", "tiny-random", "-o", "-", *CPU))
+    assert load(whole).header.frames == 5 and same_latents(load(whole), from_bytes(plain.out))
+
+
 def test_continue_through_a_pipe_keeps_the_prompt_schedule(piped):
     h = from_bytes(piped.continued.out).header
     assert (h.stage, h.frames, h.prompt) == ("continue", N + 13 - 4, PROMPT)  # no --prompt: the input's

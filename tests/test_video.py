@@ -16,6 +16,7 @@ from tempo_cli.video import (
     read_image,
     read_video,
     resize_frames,
+    sample_video,
     to_uint8_frames,
     write_video,
 )
@@ -134,6 +135,20 @@ def test_ffmpeg_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     assert message.startswith(f"cannot write video {tmp_path / 'clip.mp4'}: ") and "\n" not in message
     assert "no-such-encoder" in message or "ncoder" in message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("rate, target", [(30, 24), (24, 6), (12, 24), (24, 24)])
+def test_sample_video_picks_the_nearest_frames_as_the_dataset_loader_does(tmp_path, rate, target):
+    from tempo_cli.datasets import resample_indices
+
+    path = write_video(smooth_frames(21), tmp_path / "clip.mp4", rate, quality=10)
+    frames, _ = read_video(path)
+    expected = resize_frames(frames[resample_indices(len(frames), rate, target)], 32, 40)
+    sampled, source_rate = sample_video(path, target, (32, 40))
+    assert source_rate == rate and sampled.shape[1:] == (32, 40, 3)
+    assert len(expected) - 1 <= len(sampled) <= len(expected)  # a last target past the final frame is dropped
+    assert np.array_equal(sampled, expected[:len(sampled)])
+    assert np.array_equal(sample_video(path, target, (32, 40), max_frames=3)[0], sampled[:3])
 
 
 def test_bad_options_are_usage_errors(tmp_path):
