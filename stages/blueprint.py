@@ -172,6 +172,8 @@ def command(
     strength: opt.StrengthOpt = None,
     seed: opt.SeedOpt = 0,
     steps: opt.StepsOpt = None,
+    guidance_scale: opt.GuidanceOpt = None,
+    negative_prompt: opt.NegativeOpt = None,
     output: opt.OutputOpt = None,
     force: opt.ForceOpt = False,
     preset: opt.PresetOpt = None,
@@ -189,7 +191,8 @@ def command(
     target = output or default_output(prompt, fps)
     check_writable(target, force=force)
     check_strength(video, strength)
-    session = opt.open_session(preset, set_, weights, device, dtype, quiet, offload=offload)
+    overrides = opt.sampler_overrides(set_, guidance_scale, negative_prompt)
+    session = opt.open_session(preset, overrides, weights, device, dtype, quiet, offload=offload)
     latent_file = run(session, prompt, fps=fps, frames=frames, seconds=seconds, image=image, last_image=last_image,
                       keyframes=keyframe or (), seed=seed, steps=steps, micro_batch=micro_batch, video=video,
                       strength=strength)

@@ -38,8 +38,9 @@ def context_anchors(context: "torch.Tensor", chain: list[int]) -> dict[int, dict
 
 def segments_of(header) -> list[dict]:
     """The prompt schedule so far: one entry per generated segment of the joined video."""
-    return list(header.extra.get("segments") or [{"start": 0, "frames": header.frames, "prompt": header.prompt,
-                                                   "seed": header.seed}])
+    first = {"start": 0, "frames": header.frames, "prompt": header.prompt, "negative_prompt": header.negative_prompt,
+             "guidance_scale": header.guidance_scale, "seed": header.seed}
+    return list(header.extra.get("segments") or [first])
 
 
 def run(session: "Session", parent: "LatentFile", *, seconds: float = 10.0, context: float = 5.0,
@@ -74,10 +75,12 @@ def run(session: "Session", parent: "LatentFile", *, seconds: float = 10.0, cont
 
     tail = decode_file(store, parent, progress, first=offset)  # [3, C, H, W]
     anchors = context_anchors(tail, chain)
-    if prompt is None or prompt == header.prompt:
-        prompt, embeds, negative = header.prompt, parent.prompt_embeds, parent.negative_embeds
+    prompt = header.prompt if prompt is None else prompt
+    guided = LevelSampling.for_level(preset, chain[0]).guided
+    if (prompt == header.prompt and preset.sampler.negative_prompt == header.negative_prompt
+            and (parent.negative_embeds is not None or not guided)):
+        embeds, negative = parent.prompt_embeds, parent.negative_embeds  # the input's own, as it was made
     else:
-        guided = LevelSampling.for_level(preset, chain[0]).guided
         embeds, negative = encode_prompts(store, prompt, preset.sampler.negative_prompt, guided, progress)
 
     height, width = header.height, header.width
@@ -94,10 +97,12 @@ def run(session: "Session", parent: "LatentFile", *, seconds: float = 10.0, cont
                                                   run_seed, steps=steps, micro_batch=micro_batch, anchors_at=anchors)
         level = levels[-1]
     new_records = [{**r, "start": r["start"] + offset} for r in chunk_records(level)]
+    negative_prompt = preset.sampler.negative_prompt  # the input's own when its embeddings were kept
     segments.append({"start": offset, "frames": level.frames, "context_frames": context_frames, "prompt": prompt,
-                     "seed": run_seed})
+                     "negative_prompt": negative_prompt, "guidance_scale": settings.guidance_scale, "seed": run_seed})
     child = dataclasses.replace(
-        header, stage="continue", prompt=prompt, seed=run_seed, frames=offset + level.frames,
+        header, stage="continue", prompt=prompt, negative_prompt=negative_prompt, guidance=settings.guidance,
+        guidance_scale=settings.guidance_scale, seed=run_seed, frames=offset + level.frames,
         chunks=list(header.chunks) + new_records, parent_sha256=parent.source_sha256,
         extra={**header.extra, "segments": segments}, created=utc_now())
     return LatentFile(child, list(parent.chunks) + list(latents), embeds, negative)
@@ -116,6 +121,8 @@ def command(
     layout: opt.LayoutOpt = "seamless",
     chunks: Annotated[Optional[str], typer.Option("--chunks", help="Chunks per refined level.")] = None,
     steps: opt.StepsOpt = None,
+    guidance_scale: opt.GuidanceOpt = None,
+    negative_prompt: opt.NegativeOpt = None,
     output: opt.OutputOpt = None,
     force: opt.ForceOpt = False,
     allow_mismatch: opt.AllowMismatchOpt = False,
@@ -134,7 +141,8 @@ def command(
     target = output or default_output(source)
     check_writable(target, force=force)
     session, parent = open_parent(source, prompt, seed, allow_mismatch, opt.SessionArgs(
-        preset, set_, weights, device, dtype, quiet, offload))
+        preset, opt.sampler_overrides(set_, guidance_scale, negative_prompt), weights, device, dtype, quiet,
+        offload))
     child = run(session, parent, seconds=seconds, context=parse_seconds(context, "--context"), prompt=prompt,
                 seed=seed, layout=layout, chunks=chunks, steps=steps, micro_batch=micro_batch)
     opt.write_latents(child, target, force)

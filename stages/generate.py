@@ -29,6 +29,8 @@ def command(
     layout: opt.LayoutOpt = "seamless",
     seed: opt.SeedOpt = 0,
     steps: opt.StepsOpt = None,
+    guidance_scale: opt.GuidanceOpt = None,
+    negative_prompt: opt.NegativeOpt = None,
     latents: Annotated[Optional[Path], typer.Option("--latents", help="Also keep the final latent file.")] = None,
     quality: Annotated[Optional[int], typer.Option("--quality", help="H.264 CRF (default 18).")] = None,
     force: opt.ForceOpt = False,
@@ -52,7 +54,8 @@ def command(
         check_writable(latents, force=force)
     encode.check_outputs(str(output), None, force)  # a bad suffix fails now, not after the whole generation
     blueprint.check_strength(video, strength)
-    session = opt.open_session(preset, set_, weights, device, dtype, quiet, offload=offload)
+    overrides = opt.sampler_overrides(set_, guidance_scale, negative_prompt)
+    session = opt.open_session(preset, overrides, weights, device, dtype, quiet, offload=offload)
     rates = session.preset.video
     chain = refine.parse_ints(via, "--via") or []
     start_fps = float(chain[0]) if chain else rates.fps / rates.frame_intervals[0]

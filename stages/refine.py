@@ -125,7 +125,8 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
                         "frames": level.frames, "layout": layout, "chunks": len(level.chunks), "steps": level_steps})
     final = levels[-1]
     child = dataclasses.replace(
-        header, stage="refine", seed=run_seed, steps=settings.steps, shift=settings.shift,
+        header, stage="refine", seed=run_seed, steps=settings.steps, shift=settings.shift, guidance=settings.guidance,
+        guidance_scale=settings.guidance_scale,
         fps=session.preset.video.fps / final.interval, frame_interval=final.interval, frames=final.frames,
         layout=layout, chunks=chunk_records(final), levels=history, parent_sha256=parent.source_sha256,
         created=utc_now())
@@ -182,6 +183,7 @@ def command(
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt (needed for a video input).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: the input's).")] = None,
     steps: opt.StepsOpt = None,
+    guidance_scale: opt.GuidanceOpt = None,
     output: opt.OutputOpt = None,
     force: opt.ForceOpt = False,
     allow_mismatch: opt.AllowMismatchOpt = False,
@@ -202,7 +204,7 @@ def command(
     target = output or default_output(source, to)
     check_writable(target, force=force)
     session, parent = open_parent(source, prompt, seed, allow_mismatch, opt.SessionArgs(
-        preset, set_, weights, device, dtype, quiet, offload))
+        preset, opt.sampler_overrides(set_, guidance_scale), weights, device, dtype, quiet, offload))
     child = run(session, parent, to_fps=to, via=via, chunks=chunks, layout=layout, seed=seed, steps=steps,
                 micro_batch=micro_batch)
     opt.write_latents(child, target, force)

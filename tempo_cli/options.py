@@ -6,11 +6,14 @@ to get the preset, a model store and the progress reporter. No torch import at m
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+from tempo_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from tempo_cli.config import Preset
@@ -29,6 +32,10 @@ DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or 
                                                  "on CPUs with native bf16, else fp32).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the whole run; each level and chunk draws its own "
                                       "noise stream from it.")]
+GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance-scale", "--cfg", help="Guidance scale of every "
+                                                      "level (default: the preset's; 1 turns guidance off).")]
+NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="What the video should not show: "
+                                                    "the guidance's negative prompt (default: the preset's).")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps per level (default: preset's).")]
 MicroBatchOpt = Annotated[Optional[int], typer.Option("--micro-batch", help="Chunks denoised at once (default: "
                                                       "all chunks of a level).")]
@@ -55,6 +62,20 @@ class Session:
     preset: "Preset"
     store: "ModelStore"
     progress: "Progress"
+
+
+def sampler_overrides(overrides: list[str] | None, guidance_scale: float | None = None,
+                      negative_prompt: str | None = None) -> list[str]:
+    """``--set`` overrides with ``--guidance-scale`` and ``--negative-prompt`` added last, so those win."""
+    out = list(overrides or [])
+    if guidance_scale is not None:
+        if not guidance_scale >= 1:
+            raise UsageError(f"--guidance-scale must be at least 1, got {guidance_scale:g}",
+                             hint="1 turns guidance off; the presets use 4 to 8")
+        out.append(f"sampler.guidance_scale={guidance_scale!r}")
+    if negative_prompt is not None:
+        out.append(f"sampler.negative_prompt={json.dumps(negative_prompt)}")  # a JSON string is YAML too
+    return out
 
 
 def open_session(preset: str | None, overrides: list[str] | None, weights: Path | None, device: str | None,

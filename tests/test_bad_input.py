@@ -377,6 +377,15 @@ def test_bad_video_to_video_options(here, stage):
     assert snapshot(here) == before
 
 
+@pytest.mark.parametrize("stage", ["blueprint", "generate"])
+@pytest.mark.parametrize("scale", ["0.5", "-2", "nan"])
+def test_guidance_scale_below_one(here, stage, scale):
+    before = snapshot(here)
+    assert_error(tempo(stage, "a dog", *TINY, "--guidance-scale", scale), 2,
+                 f"--guidance-scale must be at least 1, got {float(scale):g}", hint="1 turns guidance off")
+    assert snapshot(here) == before
+
+
 def test_a_video_needs_a_prompt(here):
     (here / "clip.mp4").write_bytes(b"whatever: the prompt is checked first")
     before = snapshot(here)

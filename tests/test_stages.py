@@ -353,9 +353,11 @@ def test_continue_joins_without_repeating_or_skipping_a_frame(chain, tmp_path):
     assert h.frames == parent.header.frames + new - context == 27
     assert (h.stage, h.fps, h.frame_interval, h.prompt) == ("continue", 12.0, 2, new_prompt)
     assert h.parent_sha256 == sha256(chain.r12)
+    guidance = {"negative_prompt": h.negative_prompt, "guidance_scale": h.guidance_scale}
     assert h.extra["segments"] == [
-        {"start": 0, "frames": 2 * N - 1, "prompt": PROMPT, "seed": 0},
-        {"start": 2 * N - 1 - context, "frames": new, "context_frames": context, "prompt": new_prompt, "seed": 1}]
+        {"start": 0, "frames": 2 * N - 1, "prompt": PROMPT, **guidance, "seed": 0},
+        {"start": 2 * N - 1 - context, "frames": new, "context_frames": context, "prompt": new_prompt, **guidance,
+         "seed": 1}]
     assert len(h.chunks) == 4 and [c["start"] for c in h.chunks[2:]] == [10, 10 + N - 1]
     assert all(torch.equal(a, b) for a, b in zip(joined.chunks, parent.chunks))  # the parent's latents, as they were
 
@@ -395,6 +397,25 @@ def test_blueprint_redraws_a_video_from_the_strength_down(chain, b6_mp4, tmp_pat
              "-o", whole, *CPU))
     plain = ok(tempo("blueprint", PROMPT, "--frames", 5, "--preset", "tiny-random", "-o", "-", *CPU))
     assert load(whole).header.frames == 5 and same_latents(load(whole), from_bytes(plain.out))
+
+
+def test_guidance_scale_and_negative_prompt_flags_reach_the_sampler_and_the_headers(chain, tmp_path):
+    negative = 'blurry: "low quality", #1'  # YAML-hostile on purpose: the flag is not a --set string
+    b6, r12, more = tmp_path / "b6.safetensors", tmp_path / "r12.safetensors", tmp_path / "more.safetensors"
+    ok(tempo("blueprint", PROMPT, "--frames", N, "--preset", "tiny-random", "--cfg", 2.5, "--negative-prompt",
+             negative, "-o", b6, *CPU))
+    made = load(b6)
+    assert (made.header.guidance_scale, made.header.negative_prompt) == (2.5, negative)
+    default = load(chain.b6)
+    assert default.header.guidance_scale != 2.5 and not same_latents(made, default)
+    assert not torch.equal(made.negative_embeds, default.negative_embeds)
+    ok(tempo("refine", b6, "--to", 12, "--guidance-scale", 3, "-o", r12, *CPU))
+    assert load(r12).header.guidance_scale == 3.0
+    ok(tempo("continue", chain.b6, "--seconds", 0.5, "--context", "0.5s", "--negative-prompt", "dark", "-o", more,
+             *CPU))
+    h = load(more).header
+    assert h.prompt == PROMPT and h.negative_prompt == "dark"  # same prompt, new negative: encoded again
+    assert [s["negative_prompt"] for s in h.extra["segments"]] == [load(chain.b6).header.negative_prompt, "dark"]
 
 
 def test_continue_through_a_pipe_keeps_the_prompt_schedule(piped):
