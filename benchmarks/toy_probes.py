@@ -10,8 +10,8 @@ README's "What holds it back".
 * invisible directions: how many there are, and how much of the starting noise stays in them in generated
   latents, against encoded world clips;
 * caption swaps and given frames: the velocity loss on 6 fps clips of objects moving left, right, up or down with
-  their own caption, with its motion words swapped (left <-> right, up <-> down) and with its colour swapped (a
-  word the model uses raises the loss when it is wrong), from noise alone, and on latent frames 2+ with the first
+  their own caption, with its motion words swapped (left <-> right, up <-> down), with its colour swapped and with
+  its shape swapped (ball -> square -> triangle -> ball; a word the model uses raises the loss when it is wrong), from noise alone, and on latent frames 2+ with the first
   5 frames given as conditions or latent frames 0-1 given clean at their own time 0 (a model that carries what it
   is given forward in time has a lower loss there than from noise);
 * next frame: the velocity loss on one latent frame k (1, 3, 5) at t = 0.8 and 0.95 as a rolling sampler sees it
@@ -114,6 +114,7 @@ def high_noise(session, count: int) -> None:
 
 
 MOTION_SWAP = {"left": "right", "right": "left", "up": "down", "down": "up"}
+SHAPE_SWAP = {"ball": "square", "square": "triangle", "triangle": "ball"}
 
 
 @torch.no_grad()
@@ -140,7 +141,8 @@ def caption_swaps(session, count: int) -> None:
     nothing = condition_latents(vae, torch.zeros_like(videos), torch.zeros_like(given))
     conditioned = condition_latents(vae, videos * given[:, None, :, None, None], given)
     variants = {"own caption": captions, "motion swapped": [probes.swap_words(c, MOTION_SWAP) for c in captions],
-                "colour swapped": [probes.swap_words(c, colour_swap) for c in captions]}
+                "colour swapped": [probes.swap_words(c, colour_swap) for c in captions],
+                "shape swapped": [probes.swap_words(c, SHAPE_SWAP) for c in captions]}
     contexts = {name: encode_prompts(encoder, tokenizer, texts) for name, texts in variants.items()}
     later = slice(2, None)
     for t in (0.5, 0.8, 0.9, 0.95, 0.98):
