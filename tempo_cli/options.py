@@ -69,12 +69,13 @@ def sampler_overrides(overrides: list[str] | None, guidance_scale: float | None 
     """``--set`` overrides with ``--guidance-scale`` and ``--negative-prompt`` added last, so those win."""
     out = list(overrides or [])
     if guidance_scale is not None:
-        if not guidance_scale >= 1:
+        if not 1 <= guidance_scale < float("inf"):
             raise UsageError(f"--guidance-scale must be at least 1, got {guidance_scale:g}",
                              hint="1 turns guidance off; the presets use 4 to 8")
         out.append(f"sampler.guidance_scale={guidance_scale!r}")
     if negative_prompt is not None:
-        out.append(f"sampler.negative_prompt={json.dumps(negative_prompt)}")  # a JSON string is YAML too
+        # a JSON string is a YAML double-quoted scalar: taken as it is, whatever its colons, quotes or hashes
+        out.append(f"sampler.negative_prompt={json.dumps(negative_prompt, ensure_ascii=False)}")
     return out
 
 

@@ -145,6 +145,19 @@ def test_overrides_parse_yaml_values() -> None:
     assert data == {"video": {"height": 64}}  # the input is not changed
 
 
+@pytest.mark.parametrize("negative", ['blurry: "x", #1', "two\nlines\ttab 'q' \\ é 🙂", "", "- [a]"])
+def test_sampling_flags_become_overrides_that_keep_the_text(negative: str) -> None:
+    from tempo_cli.options import sampler_overrides
+
+    overrides = sampler_overrides(["sampler.guidance_scale=2"], 3.5, negative)
+    preset = load_preset("tiny-random", overrides)
+    assert (preset.sampler.guidance_scale, preset.sampler.negative_prompt) == (3.5, negative)  # the flags win
+    assert sampler_overrides(None) == [] and sampler_overrides(["a.b=1"], None, None) == ["a.b=1"]
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(UsageError, match="--guidance-scale must be at least 1"):
+            sampler_overrides(None, bad)
+
+
 @pytest.mark.parametrize("override, error, words", [
     ("dit.heads=3", ConfigError, ["'dit.heads'", "num_heads"]),
     ("model.dim=3", ConfigError, ["'model.dim'", "text_encoder"]),
