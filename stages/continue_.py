@@ -108,7 +108,6 @@ def run(session: "Session", parent: "LatentFile", *, seconds: float = 10.0, cont
     return LatentFile(child, list(parent.chunks) + list(latents), embeds, negative)
 
 
-
 def command(
     source: Annotated[str, typer.Argument(help="Latent file (or '-' for stdin), or a video file.")],
     seconds: Annotated[float, typer.Option("--seconds", "-s", help="Seconds of new video.")] = 10.0,

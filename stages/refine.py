@@ -133,7 +133,6 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
     return LatentFile(child, latents, parent.prompt_embeds, parent.negative_embeds)
 
 
-
 def video_as_parent(session: "Session", path: Path, prompt: str | None, seed: int) -> "LatentFile":
     """A video file taken as the coarse level: encoded into a latent file of one chunk, with the prompt."""
     from tempo_cli.latents import LatentFile, LatentHeader

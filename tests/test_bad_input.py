@@ -33,12 +33,7 @@ weights:
 """
 
 
-
-
 # ---- running tempo and judging the failure --------------------------------------------------------------------
-
-
-
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -28,8 +28,6 @@ H = W = 64  # tiny-random's frame size
 RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
 
 
-
-
 @pytest.fixture(scope="module")
 def vae():
     from tempo_cli.presets import load_preset

@@ -38,12 +38,7 @@ CPU = ("--device", "cpu", "--dtype", "fp32")  # the same everywhere, so that sep
 NOTICE = "uses random weights"
 
 
-
-
 # ---- running tempo -----------------------------------------------------------------------------------------
-
-
-
 
 
 def ok(run: Run) -> Run:

@@ -286,7 +286,6 @@ def test_learning_rate_warms_up_then_decays():
     assert lrs[99] < lrs[50] < lrs[10] and lrs[99] >= 0.1
 
 
-
 def test_vae_training_paths_match_the_goldens(reference):
     """posterior() and reconstruct() (with gradients) compute what encode() and decode() do."""
     from safetensors.torch import load_file
