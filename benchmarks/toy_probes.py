@@ -11,9 +11,10 @@ README's "What holds it back".
   latents, against encoded world clips;
 * caption swaps and given frames: the velocity loss on 6 fps clips of objects moving left, right, up or down with
   their own caption, with its motion words swapped (left <-> right, up <-> down), with its colour swapped and with
-  its shape swapped (ball -> square -> triangle -> ball; a word the model uses raises the loss when it is wrong), from noise alone, and on latent frames 2+ with the first
-  5 frames given as conditions or latent frames 0-1 given clean at their own time 0 (a model that carries what it
-  is given forward in time has a lower loss there than from noise);
+  its shape swapped (ball -> square -> triangle -> ball; a word the model uses raises the loss when it is wrong),
+  from noise alone, and on latent frames 2+ with the first 5 frames given as conditions or latent frames 0-1 given
+  clean at their own time 0 (a model that carries what it is given forward in time has a lower loss there than
+  from noise);
 * next frame: the velocity loss on one latent frame k (1, 3, 5) at t = 0.8 and 0.95 as a rolling sampler sees it
   (frames before it clean, frames after it pure noise), with the own caption and with the motion swapped, against
   the frames before it noised to t too (nothing given);

@@ -151,9 +151,9 @@ def sample_video(
     path: str | os.PathLike, fps: float, size: tuple[int, int], *, max_frames: int | None = None
 ) -> tuple[np.ndarray, float]:
     """A video resampled to ``fps`` from its first frame: output frame ``j`` is the source frame nearest to time
-    ``j / fps`` (the earlier on a tie, as ``datasets.resample_indices``), scaled to cover ``size = (height, width)`` and centre-cropped. Returns uint8 ``[T, H, W, 3]``
-    (at most ``max_frames``) and the source's frame rate. Frames are decoded one at a time, so a long or large
-    source is never held whole."""
+    ``j / fps`` (the earlier on a tie, as ``datasets.resample_indices``), scaled to cover ``size = (height, width)``
+    and centre-cropped. Returns uint8 ``[T, H, W, 3]`` (at most ``max_frames``) and the source's frame rate. Frames
+    are decoded one at a time, so a long or large source is never held whole."""
     path = _existing(path, "video")
     if not fps > 0:
         raise UsageError(f"fps must be positive, got {fps:g}")
