@@ -93,13 +93,12 @@ def start_latents(vae, level, video: "torch.Tensor") -> list["torch.Tensor"]:
     positions (zeros at padding slots), to denoise from."""
     import torch
 
-    param = next(vae.parameters())
     out = []
     for chunk in level.chunks:
         clip = torch.stack([video[:, p] if p is not None else torch.zeros_like(video[:, 0])
-                            for p in chunk.positions], dim=1)  # [3, F, H, W]
-        with torch.inference_mode():
-            out.append(vae.encode(clip[None].to(param.device, param.dtype))[0].float())
+                            for p in chunk.positions], dim=1)  # [3, F, H, W], in CPU memory
+        with torch.inference_mode():  # the VAE moves one 4-frame group at a time to its device
+            out.append(vae.encode(clip[None])[0].float())
     return out
 
 

@@ -157,11 +157,10 @@ def video_as_parent(session: "Session", path: Path, prompt: str | None, seed: in
     settings = LevelSampling.for_level(preset, interval)
     embeds, negative = encode_prompts(store, prompt, preset.sampler.negative_prompt, settings.guided, progress)
     vae = store.vae()
-    param = next(vae.parameters())
     import torch
 
-    with torch.inference_mode():
-        latents = vae.encode(video[None].to(param.device, param.dtype))[0].float().cpu()
+    with torch.inference_mode():  # the VAE moves one 4-frame group at a time to its device
+        latents = vae.encode(video[None])[0].float().cpu()
     header = LatentHeader(
         stage="video", preset=preset.name, preset_config=resolved_dict(preset), weights_id=store.weights_id,
         prompt=prompt, negative_prompt=preset.sampler.negative_prompt, seed=seed, steps=0, shift=settings.shift,
