@@ -56,6 +56,16 @@ def test_generate_uses_the_toy_model_by_default(tmp_path, monkeypatch):
     assert "does not know the word(s) 'dog', 'in', 'snow'" in run.err
 
 
+def test_the_experimental_2x2_preset_runs_its_own_weights():
+    """``toy-2x2`` (a toy DiT with 2x2 patches, still in training) loads its own DiT and text encoder over toy's VAE
+    and draws the prompted object: a blueprint of a red ball shows a red object in most frames."""
+    session = open_session("toy-2x2", None, None, "cpu", None, quiet=True)
+    assert session.preset.dit.patch_size == (1, 2, 2) and not session.preset.weights.is_random
+    prompt = "a red ball standing still on a black background"
+    judged = adherence(encode.run(session, blueprint.run(session, prompt, fps=6, seconds=2, seed=0)), prompt)
+    assert judged.found >= 0.9 and judged.colour_share >= 0.75, judged
+
+
 def test_the_shape_judge_knows_the_shapes_the_toy_vae_draws(session):
     """The judge's shapes, checked on the toy VAE's own reconstructions of rendered 6 fps clips: the best any DiT on
     this VAE can draw. A still object's shape is right in nearly every frame, and most frames of every shape are
