@@ -321,6 +321,7 @@ class TrainConfig:
     frame_noise_lag: float = 0.25
     vae_focus: float = 0.0  # extra VAE loss weight on pixels unlike the frame's dominant colour
     dit_focus: float = 0.0  # extra DiT loss weight on latent cells that show an object
+    contrastive: float = 0.0  # contrastive flow matching: weight of the error against another sample's flow
     decoder_steps: int = 0  # after the DiT: the VAE decoder alone on the frozen encoder's latents (0: none)
     decoder_lr: float = 5e-4
     vae_batch_size: int = 0  # 0: batch_size; clips longer than 9 frames come fewer to a batch (at least 2)
@@ -377,6 +378,9 @@ class TrainConfig:
         for name in ("vae_focus", "dit_focus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.contrastive < 1:  # at 1 or more the loss has no minimum: it rewards any velocity far off
+            raise ConfigError(f"train.contrastive must be in [0, 1), got {self.contrastive}",
+                              hint="the paper uses 0.05")
         if not isinstance(self.world_weights, dict):
             raise ConfigError(f"train.world_weights maps shapes, motions or backgrounds to weights, got "
                               f"{self.world_weights!r}", hint="for example {triangle: 2, circling: 2}")

@@ -501,7 +501,7 @@ class Trainer:
                 context = context * keep.to(self.device)[:, None, None]  # a dropped caption: the empty prompt
                 loss = training.flow_matching_loss(self.dit, target.to(self.device), condition.to(self.device),
                                                    context, rope.to(self.device), t.to(self.device),
-                                                   noise.to(self.device), weights)
+                                                   noise.to(self.device), weights, self.cfg.contrastive)
             return loss, {}
 
         self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)

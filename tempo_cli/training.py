@@ -258,10 +258,15 @@ def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.
 
 def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
                        rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                       weights: torch.Tensor | None = None) -> torch.Tensor:
+                       weights: torch.Tensor | None = None, contrastive: float = 0.0) -> torch.Tensor:
     """``|v(z_t, t) - (noise - target)|^2`` with ``z_t = (1 - t) target + t noise``; t in [0, 1], ``[B]``, or
     ``[B, F]`` for a time per latent frame. ``weights [B, 1, F, h, w]`` (optional) weigh the latent cells: a
     weighted mean over them.
+
+    ``contrastive`` (contrastive flow matching, Stoica et al. 2025) subtracts that weight times the error against
+    the flow of the next sample in the batch (its noise and clean latent), so that the velocity is pushed away from
+    what other captions and conditions lead to, not only towards its own flow; a batch of one has no other sample
+    and keeps the plain loss. The loss can then be negative.
 
     A latent frame at ``t = 0`` is given clean (rolling noise levels start many samples with their first frames
     done) and carries no loss: its target velocity ``noise - target`` is noise the input does not hold, so it
@@ -270,7 +275,10 @@ def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, conte
     tt = t.reshape(t.shape[0], 1, -1, 1, 1)
     z_t = (1 - tt) * target + tt * noise
     velocity = dit(z_t, t * 1000, context, condition, rope)
-    error = (velocity.float() - (noise - target).float()).square()
+    flow = (noise - target).float()
+    error = (velocity.float() - flow).square()
+    if contrastive and len(flow) > 1:
+        error = error - contrastive * (velocity.float() - flow.roll(1, dims=0)).square()
     weights = (tt > 0).float() if weights is None else weights.float() * (tt > 0)
     weights = weights.expand_as(error)
     return (weights * error).sum() / weights.sum().clamp_min(1e-12)  # 0 when every frame is given

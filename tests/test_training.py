@@ -196,6 +196,36 @@ def test_flow_matching_loss_weighs_latent_cells():
     assert weighted.item() == 3.0  # (1 * 0 + 3 * 4) / (1 + 3)
 
 
+def test_contrastive_flow_matching_pushes_away_from_the_other_samples_flow(tiny_train):
+    class Fixed(torch.nn.Module):
+        def forward(self, z_t, t, context, y, rope):
+            return self.v
+
+    torch.manual_seed(0)
+    target, noise, t = torch.randn(3, 4, 2, 2, 2), torch.randn(3, 4, 2, 2, 2), torch.tensor([0.2, 0.5, 0.9])
+    flow, model = noise - target, Fixed()
+    model.v = torch.randn_like(flow)
+    plain = training.flow_matching_loss(model, target, None, None, None, t, noise)
+    other = (model.v - flow[[2, 0, 1]]).square().mean()  # each sample against the flow of the one before it
+    loss = training.flow_matching_loss(model, target, None, None, None, t, noise, contrastive=0.05)
+    assert torch.allclose(loss, plain - 0.05 * other)
+    model.v = flow  # the own flow exactly: the loss is below zero by the other flows' distance
+    assert training.flow_matching_loss(model, target, None, None, None, t, noise, contrastive=0.05).item() < 0
+    # its minimum lies beyond the own flow, away from the other's: (flow - w * other flow) / (1 - w)
+    v = torch.zeros_like(flow, requires_grad=True)
+    model.forward = lambda *a: v
+    optimizer = torch.optim.SGD([v], lr=30.0)  # a step of 0.94 of the way on 96 values
+    for _ in range(200):
+        optimizer.zero_grad()
+        training.flow_matching_loss(model, target, None, None, None, t, noise, contrastive=0.25).backward()
+        optimizer.step()
+    assert torch.allclose(v.detach(), (flow - 0.25 * flow[[2, 0, 1]]) / 0.75, atol=1e-4)
+    model.forward = lambda *a: flow[:1]  # a batch of one has no other sample: the plain loss
+    assert training.flow_matching_loss(model, target[:1], None, None, None, t[:1], noise[:1], contrastive=0.5) == 0
+    with pytest.raises(ConfigError, match="train.contrastive must be in"):
+        load_preset("tiny-train", ["train.contrastive=1"])
+
+
 def test_timesteps_follow_the_shift():
     rng = torch.Generator().manual_seed(0)
     plain, shifted = training.sample_timesteps(rng, 4000, 1.0), training.sample_timesteps(rng, 4000, 3.0)
@@ -329,7 +359,7 @@ def test_dit_learns_a_batch(tmp_path):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys):
+def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["train", "--preset", "tiny-train", "--data", "toyworld:3", "--out", str(out), "--cache", "8", "-q"]
     assert main(args + ["--phase", "vae"]) == 0
@@ -362,7 +392,15 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys):
     assert main(args + ["--more", "2"]) == 2  # which phase?
     assert "--more extends one finished phase" in capsys.readouterr().err
     assert main(args + ["--phase", "vae", "--more", "2"]) == 2  # the DiT learnt this VAE's latents
-    assert main(args[:-1] + ["--phase", "stage2", "--more", "2"]) == 0
+    plain_loss, weights_given = training.flow_matching_loss, []
+
+    def recorded(*a, **kw):
+        weights_given.append(a[-1])
+        return plain_loss(*a, **kw)
+
+    monkeypatch.setattr(training, "flow_matching_loss", recorded)
+    assert main(args[:-1] + ["--phase", "stage2", "--more", "2", "--set", "train.contrastive=0.05"]) == 0
+    assert weights_given == [0.05, 0.05]  # train.contrastive reaches the loss of every step
     err = capsys.readouterr().err
     assert "trained vae, stage1, stage2" in err and "extending stage2 by 2 steps (round 1)" in err
     assert "resuming" not in err  # nothing was interrupted
