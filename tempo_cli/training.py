@@ -264,7 +264,7 @@ def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, conte
     weighted mean over them.
 
     ``contrastive`` (contrastive flow matching, Stoica et al. 2025) subtracts that weight times the error against
-    the flow of the next sample in the batch (its noise and clean latent), so that the velocity is pushed away from
+    the flow of another sample in the batch (the one before it: its noise and clean latent), so that the velocity is pushed away from
     what other captions and conditions lead to, not only towards its own flow; a batch of one has no other sample
     and keeps the plain loss. The loss can then be negative.
 
