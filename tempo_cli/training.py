@@ -264,9 +264,9 @@ def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, conte
     weighted mean over them.
 
     ``contrastive`` (contrastive flow matching, Stoica et al. 2025) subtracts that weight times the error against
-    the flow of another sample in the batch (the one before it: its noise and clean latent), so that the velocity is pushed away from
-    what other captions and conditions lead to, not only towards its own flow; a batch of one has no other sample
-    and keeps the plain loss. The loss can then be negative.
+    the flow of another sample in the batch (the one before it: its noise and clean latent), so that the velocity
+    is pushed away from what other captions and conditions lead to, not only towards its own flow; a batch of one
+    has no other sample and keeps the plain loss. The loss can then be negative.
 
     A latent frame at ``t = 0`` is given clean (rolling noise levels start many samples with their first frames
     done) and carries no loss: its target velocity ``noise - target`` is noise the input does not hold, so it
@@ -274,11 +274,11 @@ def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, conte
     scaled by ``1 / SAMPLE_MIN_T^2``."""
     tt = t.reshape(t.shape[0], 1, -1, 1, 1)
     z_t = (1 - tt) * target + tt * noise
-    velocity = dit(z_t, t * 1000, context, condition, rope)
+    velocity = dit(z_t, t * 1000, context, condition, rope).float()
     flow = (noise - target).float()
-    error = (velocity.float() - flow).square()
+    error = (velocity - flow).square()
     if contrastive and len(flow) > 1:
-        error = error - contrastive * (velocity.float() - flow.roll(1, dims=0)).square()
+        error = error - contrastive * (velocity - flow.roll(1, dims=0)).square()
     weights = (tt > 0).float() if weights is None else weights.float() * (tt > 0)
     weights = weights.expand_as(error)
     return (weights * error).sum() / weights.sum().clamp_min(1e-12)  # 0 when every frame is given

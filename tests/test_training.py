@@ -166,13 +166,16 @@ def test_rope_positions_are_randomised_starts_plus_interval_steps():
     assert 0 <= starts.min() and starts.max() <= 64 and len(set(starts.tolist())) > 20
 
 
-def test_flow_matching_loss_is_zero_for_the_exact_velocity():
-    class Oracle(torch.nn.Module):
-        def forward(self, z_t, t, context, y, rope):
-            return self.v
+class FixedVelocity(torch.nn.Module):
+    """A stand-in DiT that returns the velocity ``v`` it is given, whatever its input."""
 
+    def forward(self, z_t, t, context, y, rope):
+        return self.v
+
+
+def test_flow_matching_loss_is_zero_for_the_exact_velocity():
     target, noise = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 16, 2, 4, 4)
-    oracle = Oracle()
+    oracle = FixedVelocity()
     oracle.v = noise - target
     loss = training.flow_matching_loss(oracle, target, None, None, None, torch.tensor([0.3, 0.8]), noise)
     assert loss.item() == 0
@@ -181,12 +184,8 @@ def test_flow_matching_loss_is_zero_for_the_exact_velocity():
 
 
 def test_flow_matching_loss_weighs_latent_cells():
-    class Fixed(torch.nn.Module):
-        def forward(self, z_t, t, context, y, rope):
-            return self.v
-
     target, noise, t = torch.zeros(1, 2, 1, 1, 2), torch.zeros(1, 2, 1, 1, 2), torch.tensor([0.5])
-    model = Fixed()
+    model = FixedVelocity()
     model.v = torch.tensor([0.0, 2.0]).view(1, 1, 1, 1, 2).expand(1, 2, 1, 1, 2)  # wrong in the second cell only
     plain = training.flow_matching_loss(model, target, None, None, None, t, noise)
     same = training.flow_matching_loss(model, target, None, None, None, t, noise, torch.ones(1, 1, 1, 1, 2))
@@ -197,13 +196,9 @@ def test_flow_matching_loss_weighs_latent_cells():
 
 
 def test_contrastive_flow_matching_pushes_away_from_the_other_samples_flow(tiny_train):
-    class Fixed(torch.nn.Module):
-        def forward(self, z_t, t, context, y, rope):
-            return self.v
-
     torch.manual_seed(0)
     target, noise, t = torch.randn(3, 4, 2, 2, 2), torch.randn(3, 4, 2, 2, 2), torch.tensor([0.2, 0.5, 0.9])
-    flow, model = noise - target, Fixed()
+    flow, model = noise - target, FixedVelocity()
     model.v = torch.randn_like(flow)
     plain = training.flow_matching_loss(model, target, None, None, None, t, noise)
     other = (model.v - flow[[2, 0, 1]]).square().mean()  # each sample against the flow of the one before it
