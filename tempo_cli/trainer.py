@@ -499,10 +499,15 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 context = encode_prompts(self.text_encoder, self.tokenizer, captions, text_len, self.device)
                 context = context * keep.to(self.device)[:, None, None]  # a dropped caption: the empty prompt
-                loss = training.flow_matching_loss(self.dit, target.to(self.device), condition.to(self.device),
-                                                   context, rope.to(self.device), t.to(self.device),
-                                                   noise.to(self.device), weights, self.cfg.contrastive)
-            return loss, {}
+                flow, other = training.flow_matching_terms(self.dit, target.to(self.device),
+                                                           condition.to(self.device), context, rope.to(self.device),
+                                                           t.to(self.device), noise.to(self.device), weights,
+                                                           self.cfg.contrastive > 0)
+            if other is None:
+                return flow, {}
+            # the loss the optimiser sees can go negative; the log keeps both terms, the first one comparable
+            # with runs trained without the contrastive term
+            return flow - self.cfg.contrastive * other, {"flow": flow.item(), "other": other.item()}
 
         self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)
 

@@ -256,17 +256,17 @@ def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.
     return correlate_frames(noise, correlation, cfg.noise_prior, rng)
 
 
-def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
-                       rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                       weights: torch.Tensor | None = None, contrastive: float = 0.0) -> torch.Tensor:
-    """``|v(z_t, t) - (noise - target)|^2`` with ``z_t = (1 - t) target + t noise``; t in [0, 1], ``[B]``, or
-    ``[B, F]`` for a time per latent frame. ``weights [B, 1, F, h, w]`` (optional) weigh the latent cells: a
-    weighted mean over them.
+def flow_matching_terms(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
+                        rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                        weights: torch.Tensor | None = None,
+                        against_other: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The error of ``v(z_t, t)`` against the flow ``noise - target``, with ``z_t = (1 - t) target + t noise``; t in
+    [0, 1], ``[B]``, or ``[B, F]`` for a time per latent frame. ``weights [B, 1, F, h, w]`` (optional) weigh the
+    latent cells: each term is a weighted mean of squared errors over them.
 
-    ``contrastive`` (contrastive flow matching, Stoica et al. 2025) subtracts that weight times the error against
-    the flow of another sample in the batch (the one before it: its noise and clean latent), so that the velocity
-    is pushed away from what other captions and conditions lead to, not only towards its own flow; a batch of one
-    has no other sample and keeps the plain loss. The loss can then be negative.
+    With ``against_other``, also the error against the flow of another sample in the batch (the one before it:
+    its noise and clean latent), what contrastive flow matching subtracts; ``None`` when not asked or for a batch
+    of one, which has no other sample.
 
     A latent frame at ``t = 0`` is given clean (rolling noise levels start many samples with their first frames
     done) and carries no loss: its target velocity ``noise - target`` is noise the input does not hold, so it
@@ -276,12 +276,28 @@ def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, conte
     z_t = (1 - tt) * target + tt * noise
     velocity = dit(z_t, t * 1000, context, condition, rope).float()
     flow = (noise - target).float()
-    error = (velocity - flow).square()
-    if contrastive and len(flow) > 1:
-        error = error - contrastive * (velocity - flow.roll(1, dims=0)).square()
     weights = (tt > 0).float() if weights is None else weights.float() * (tt > 0)
-    weights = weights.expand_as(error)
-    return (weights * error).sum() / weights.sum().clamp_min(1e-12)  # 0 when every frame is given
+    weights = weights.expand_as(velocity)
+    total = weights.sum().clamp_min(1e-12)  # the terms are 0 when every frame is given
+
+    def mean_error(towards: torch.Tensor) -> torch.Tensor:
+        return (weights * (velocity - towards).square()).sum() / total
+
+    other = mean_error(flow.roll(1, dims=0)) if against_other and len(flow) > 1 else None
+    return mean_error(flow), other
+
+
+def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
+                       rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                       weights: torch.Tensor | None = None, contrastive: float = 0.0) -> torch.Tensor:
+    """``|v(z_t, t) - (noise - target)|^2``, the weighted mean of :func:`flow_matching_terms`.
+
+    ``contrastive`` (contrastive flow matching, Stoica et al. 2025) subtracts that weight times the error against
+    the flow of another sample in the batch, so that the velocity is pushed away from what other captions and
+    conditions lead to, not only towards its own flow; a batch of one keeps the plain loss. The loss can then be
+    negative."""
+    flow, other = flow_matching_terms(dit, target, condition, context, rope, t, noise, weights, contrastive > 0)
+    return flow if other is None else flow - contrastive * other
 
 
 def rope_positions(rng: torch.Generator, intervals: torch.Tensor, latent_frames: int, t_max: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -204,6 +205,9 @@ def test_contrastive_flow_matching_pushes_away_from_the_other_samples_flow(tiny_
     other = (model.v - flow[[2, 0, 1]]).square().mean()  # each sample against the flow of the one before it
     loss = training.flow_matching_loss(model, target, None, None, None, t, noise, contrastive=0.05)
     assert torch.allclose(loss, plain - 0.05 * other)
+    terms = training.flow_matching_terms(model, target, None, None, None, t, noise, against_other=True)
+    assert torch.allclose(terms[0], plain) and torch.allclose(terms[1], other)
+    assert training.flow_matching_terms(model, target, None, None, None, t, noise)[1] is None  # not asked
     model.v = flow  # the own flow exactly: the loss is below zero by the other flows' distance
     assert training.flow_matching_loss(model, target, None, None, None, t, noise, contrastive=0.05).item() < 0
     # its minimum lies beyond the own flow, away from the other's: (flow - w * other flow) / (1 - w)
@@ -387,16 +391,20 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
     assert main(args + ["--more", "2"]) == 2  # which phase?
     assert "--more extends one finished phase" in capsys.readouterr().err
     assert main(args + ["--phase", "vae", "--more", "2"]) == 2  # the DiT learnt this VAE's latents
-    plain_loss, weights_given = training.flow_matching_loss, []
+    plain_terms, asked = training.flow_matching_terms, []
 
     def recorded(*a, **kw):
-        weights_given.append(a[-1])
-        return plain_loss(*a, **kw)
+        asked.append(a[-1])
+        return plain_terms(*a, **kw)
 
-    monkeypatch.setattr(training, "flow_matching_loss", recorded)
+    monkeypatch.setattr(training, "flow_matching_terms", recorded)
     assert main(args[:-1] + ["--phase", "stage2", "--more", "2", "--set", "train.contrastive=0.05"]) == 0
-    assert weights_given == [0.05, 0.05]  # train.contrastive reaches the loss of every step
+    assert asked == [True, True]  # train.contrastive reaches the loss of every step
     err = capsys.readouterr().err
+    logged = re.search(r"stage2 step \d+: loss (\S+) \(smoothed \S+\) flow (\S+) other (\S+)", err)
+    assert logged, err  # the log splits the loss into its terms
+    loss, flow, other = map(float, logged.groups())
+    assert loss == pytest.approx(flow - 0.05 * other, abs=2e-4)
     assert "trained vae, stage1, stage2" in err and "extending stage2 by 2 steps (round 1)" in err
     assert "resuming" not in err  # nothing was interrupted
     with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
