@@ -503,11 +503,10 @@ class Trainer:
                                                            condition.to(self.device), context, rope.to(self.device),
                                                            t.to(self.device), noise.to(self.device), weights,
                                                            self.cfg.contrastive > 0)
-            if other is None:
-                return flow, {}
             # the loss the optimiser sees can go negative; the log keeps both terms, the first one comparable
             # with runs trained without the contrastive term
-            return flow - self.cfg.contrastive * other, {"flow": flow.item(), "other": other.item()}
+            info = {} if other is None else {"flow": flow.item(), "other": other.item()}
+            return training.contrastive_loss(flow, other, self.cfg.contrastive), info
 
         self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)
 

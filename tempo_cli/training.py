@@ -297,6 +297,12 @@ def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, conte
     conditions lead to, not only towards its own flow; a batch of one keeps the plain loss. The loss can then be
     negative."""
     flow, other = flow_matching_terms(dit, target, condition, context, rope, t, noise, weights, contrastive > 0)
+    return contrastive_loss(flow, other, contrastive)
+
+
+def contrastive_loss(flow: torch.Tensor, other: torch.Tensor | None, contrastive: float) -> torch.Tensor:
+    """The loss from :func:`flow_matching_terms`: the own error less ``contrastive`` times the error against the
+    other sample's flow; the plain own error where there is no other."""
     return flow if other is None else flow - contrastive * other
 
 
