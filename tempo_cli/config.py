@@ -322,6 +322,9 @@ class TrainConfig:
     vae_focus: float = 0.0  # extra VAE loss weight on pixels unlike the frame's dominant colour
     dit_focus: float = 0.0  # extra DiT loss weight on latent cells that show an object
     contrastive: float = 0.0  # contrastive flow matching: weight of the error against another sample's flow
+    # toy world only: the flow leads to the clean latent plus this times (it less the same clip's with its shapes
+    # swapped), so the DiT draws shapes more distinctly than the flow alone asks (0: the plain flow)
+    shape_contrast: float = 0.0
     decoder_steps: int = 0  # after the DiT: the VAE decoder alone on the frozen encoder's latents (0: none)
     decoder_lr: float = 5e-4
     vae_batch_size: int = 0  # 0: batch_size; clips longer than 9 frames come fewer to a batch (at least 2)
@@ -375,7 +378,7 @@ class TrainConfig:
             raise ConfigError(f"train.vae_frames must be clip lengths of 4k+1 frames, got {list(self.vae_frames)}")
         if self.stage2_levels and (min(self.stage2_levels) < 0 or not sum(self.stage2_levels) > 0):
             raise ConfigError(f"train.stage2_levels are weights >= 0 with a positive sum, got {list(self.stage2_levels)}")
-        for name in ("vae_focus", "dit_focus"):
+        for name in ("vae_focus", "dit_focus", "shape_contrast"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.contrastive < 1:  # at 1 or more the loss has no minimum: it rewards any velocity far off

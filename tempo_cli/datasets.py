@@ -11,6 +11,7 @@ each is scaled to cover the preset's frame size and centre-cropped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tempo_cli.errors import ConfigError
-from tempo_cli.toyworld import FPS, check_weights, render, sample_scene
+from tempo_cli.toyworld import FPS, SHAPES, check_weights, render, sample_scene
 from tempo_cli.video import VIDEO_SUFFIXES, read_video, resize_frames
 
 if TYPE_CHECKING:
@@ -62,6 +63,24 @@ class ToyWorldSource:
         _check_request(index, frames)
         scene = sample_scene(_stable_int(self.seed, int(index)), self.max_objects, self.weights)
         return render(scene, int(frames), self.fps, self.size), scene.caption
+
+    def swapped_clip(self, index: int, frames: int) -> np.ndarray:
+        """Clip ``index`` with every object's shape swapped for another, the rest of the scene as it is: what
+        ``train.shape_contrast`` pushes the flow target away from. Each object takes the next shape (ball ->
+        square -> triangle -> ball), or the one after where that one would leave the frame (shapes reach out
+        differently from their centre); one that no other shape fits keeps its own."""
+        _check_request(index, frames)
+        scene = sample_scene(_stable_int(self.seed, int(index)), self.max_objects, self.weights)
+        objects = []
+        for spec in scene.objects:
+            here = SHAPES.index(spec.shape)
+            for shape in (SHAPES[(here + k) % len(SHAPES)] for k in range(1, len(SHAPES) + 1)):
+                try:
+                    objects.append(dataclasses.replace(spec, shape=shape))
+                    break
+                except ConfigError:  # this shape would leave the frame on the object's path
+                    continue
+        return render(dataclasses.replace(scene, objects=tuple(objects)), int(frames), self.fps, self.size)
 
 
 class FolderSource:

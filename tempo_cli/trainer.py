@@ -135,7 +135,8 @@ def _encoder_fingerprint(vae) -> str:
 def _read_cache(path: Path, captions: dict[str, list[str]]) -> dict[int, training.Prepared]:
     tensors = load_file(str(path))
     return {int(n): training.Prepared(tensors[f"{n}.targets"], tensors[f"{n}.conditions"],
-                                      tensors[f"{n}.intervals"], names, tensors[f"{n}.focus"])
+                                      tensors[f"{n}.intervals"], names, tensors[f"{n}.focus"],
+                                      tensors.get(f"{n}.shape_delta"))
             for n, names in captions.items()}
 
 
@@ -438,7 +439,8 @@ class Trainer:
         layout_fields = ("clip_frames", "min_clip_frames", "max_conditioned", "stage2_multimask", "stage2_levels")
         key = {"format": CACHE_FORMAT, "vae": _encoder_fingerprint(self.vae), "size": str(self.cache_size),
                "seed": str(self.seed), "data": self.source.identity, "intervals": json.dumps(self.preset.video.frame_intervals),
-               "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields})}  # the draw is in the name
+               "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields}),
+               **({"shape_contrast": "yes"} if self.cfg.shape_contrast else {})}  # the draw is in the name
         for old in path.parent.glob(f"{phase}-rank{rank}-draw*.safetensors") if suffix else ():
             if old != path:
                 old.unlink()
@@ -459,10 +461,12 @@ class Trainer:
                   + CLIPS_PER_DRAW * (draw[0] * DRAW_SPAN + draw[1]))
         with self.progress.task(f"{phase}: encoding {self.cache_size} clips", self.cache_size) as advance, \
                 torch.autocast(self.device.type, dtype=torch.bfloat16):
-            data = training.prepare(self.source, self.vae, self._layouts(phase, draw), offset, advance)
+            data = training.prepare(self.source, self.vae, self._layouts(phase, draw), offset, advance,
+                                    shape_contrast=self.cfg.shape_contrast > 0)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{n}.{name}": getattr(g, name) for n, g in data.items()
-                   for name in ("targets", "conditions", "intervals", "focus")}
+                   for name in ("targets", "conditions", "intervals", "focus", "shape_delta")
+                   if getattr(g, name) is not None}
         atomic_save(tensors, path, {**key, "captions": json.dumps({n: g.captions for n, g in data.items()})})
         return data
 
@@ -488,7 +492,7 @@ class Trainer:
         text_len = self.preset.text_encoder.text_len
 
         def step(i: int):
-            target, condition, step_intervals, captions, focus = next_batch(i)
+            target, condition, step_intervals, captions, focus, shape_delta = next_batch(i)
             t = training.sample_frame_timesteps(torch_rng, len(captions), target.shape[2], self.cfg.timestep_shift,
                                                 training.frame_noise_shares(self.preset, step_intervals),
                                                 self.cfg.frame_noise_mode, self.cfg.frame_noise_lag)
@@ -496,13 +500,14 @@ class Trainer:
             rope = training.rope_positions(torch_rng, step_intervals, target.shape[2], self.cfg.t_max)
             keep = (torch.rand(len(captions), generator=torch_rng) >= self.cfg.caption_dropout).float()
             weights = (1 + self.cfg.dit_focus * focus).to(self.device) if self.cfg.dit_focus else None
+            exaggerate = (self.cfg.shape_contrast * shape_delta).to(self.device) if self.cfg.shape_contrast else None
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 context = encode_prompts(self.text_encoder, self.tokenizer, captions, text_len, self.device)
                 context = context * keep.to(self.device)[:, None, None]  # a dropped caption: the empty prompt
                 flow, other = training.flow_matching_terms(self.dit, target.to(self.device),
                                                            condition.to(self.device), context, rope.to(self.device),
                                                            t.to(self.device), noise.to(self.device), weights,
-                                                           self.cfg.contrastive > 0)
+                                                           self.cfg.contrastive > 0, exaggerate=exaggerate)
             # the loss the optimiser sees can go negative; the log keeps both terms, the first one comparable
             # with runs trained without the contrastive term
             info = {} if other is None else {"flow": flow.item(), "other": other.item()}

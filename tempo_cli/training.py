@@ -126,13 +126,16 @@ def stage2_layout(rng: np.random.Generator, cfg: TrainConfig, intervals: Sequenc
 @dataclass
 class Prepared:
     """Encoded samples of one clip length: targets ``[N, z, F, h, w]``, conditions ``[N, 4 + z, F, h, w]``,
-    and ``focus [N, 1, F, h, w]`` in [0, 1], how much each latent cell shows of an object (:func:`latent_focus`)."""
+    and ``focus [N, 1, F, h, w]`` in [0, 1], how much each latent cell shows of an object (:func:`latent_focus`);
+    with shape contrast, ``shape_delta [N, z, F, h, w]``, each target less that of its clip with the shapes
+    swapped."""
 
     targets: torch.Tensor
     conditions: torch.Tensor
     intervals: torch.Tensor  # [N]
     captions: list[str]
     focus: torch.Tensor
+    shape_delta: torch.Tensor | None = None
 
 
 def to_video(frames: np.ndarray) -> torch.Tensor:
@@ -145,12 +148,17 @@ PREPARE_FRAMES = 1024  # pixel frames the VAE encodes at once while preparing
 
 @torch.no_grad()
 def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index: int,
-            advance=lambda n=1: None) -> dict[int, Prepared]:
+            advance=lambda n=1: None, shape_contrast: bool = False) -> dict[int, Prepared]:
     """Render, encode and condition one sample per layout (clip ``first_index + i``), grouped by length.
 
     Clips of one length are encoded in batches; a condition with no anchors is the same zero video for every
-    clip of a length, so it is encoded once. ``advance(n)`` reports ``n`` more samples done.
+    clip of a length, so it is encoded once. ``advance(n)`` reports ``n`` more samples done. With
+    ``shape_contrast`` (a source with ``swapped_clip``: the toy world) each clip is also encoded with its shapes
+    swapped, for :attr:`Prepared.shape_delta`.
     """
+    if shape_contrast and not hasattr(source, "swapped_clip"):
+        raise ConfigError("train.shape_contrast needs the toy world's data (--data toyworld): it renders each clip "
+                          "again with its shapes swapped")
     param = next(vae.parameters())
     by_length: dict[int, list[int]] = {}
     for i, layout in enumerate(layouts):
@@ -158,10 +166,10 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
     out = {}
     for frames, members in sorted(by_length.items()):
         step = max(1, PREPARE_FRAMES // (2 * frames))
-        targets, conds, masks, captions, focus = [], [], [], [], []
+        targets, conds, masks, captions, focus, deltas = [], [], [], [], [], []
         empty = None  # the encoded zero video of this length
         for start in range(0, len(members), step):
-            videos, cond_videos, anchored = [], [], []
+            videos, cond_videos, anchored, swapped = [], [], [], []
             for i in members[start:start + step]:
                 layout = layouts[i]
                 clip, caption = source.clip(first_index + i, (layout.frames - 1) * layout.interval + 1)
@@ -174,9 +182,16 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
                 anchored.append(bool(layout.anchors))
                 if layout.anchors:
                     cond_videos.append(cond)
+                if shape_contrast:
+                    other = source.swapped_clip(first_index + i, (layout.frames - 1) * layout.interval + 1)
+                    swapped.append(to_video(other[::layout.interval]))
             need_empty = empty is None and not all(anchored)
-            inputs = videos + cond_videos + ([torch.zeros_like(videos[0])] if need_empty else [])
-            encoded = vae.encode(torch.stack(inputs).to(param.device, param.dtype)).to(torch.bfloat16).cpu()
+            inputs = videos + cond_videos + ([torch.zeros_like(videos[0])] if need_empty else []) + swapped
+            encoded = vae.encode(torch.stack(inputs).to(param.device, param.dtype)).float().cpu()
+            if swapped:
+                deltas += list((encoded[:len(videos)] - encoded[len(encoded) - len(swapped):]).to(torch.bfloat16))
+                encoded = encoded[:len(encoded) - len(swapped)]
+            encoded = encoded.to(torch.bfloat16)
             if need_empty:
                 empty = encoded[-1]
             given = iter(encoded[len(videos):len(videos) + len(cond_videos)])
@@ -188,7 +203,8 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
         latents = torch.stack(conds)  # [N, z, F, h, w]
         packed = pack_mask(torch.stack(masks))[..., None, None].expand(-1, -1, -1, *latents.shape[-2:])
         out[frames] = Prepared(torch.stack(targets), torch.cat([packed.to(latents.dtype), latents], dim=1),
-                               torch.tensor([layouts[i].interval for i in members]), captions, torch.stack(focus))
+                               torch.tensor([layouts[i].interval for i in members]), captions, torch.stack(focus),
+                               torch.stack(deltas) if deltas else None)
     return out
 
 
@@ -258,8 +274,8 @@ def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.
 
 def flow_matching_terms(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
                         rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                        weights: torch.Tensor | None = None,
-                        against_other: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        weights: torch.Tensor | None = None, against_other: bool = False,
+                        exaggerate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The error of ``v(z_t, t)`` against the flow ``noise - target``, with ``z_t = (1 - t) target + t noise``; t in
     [0, 1], ``[B]``, or ``[B, F]`` for a time per latent frame. ``weights [B, 1, F, h, w]`` (optional) weigh the
     latent cells: each term is a weighted mean of squared errors over them.
@@ -271,11 +287,15 @@ def flow_matching_terms(dit, target: torch.Tensor, condition: torch.Tensor, cont
     A latent frame at ``t = 0`` is given clean (rolling noise levels start many samples with their first frames
     done) and carries no loss: its target velocity ``noise - target`` is noise the input does not hold, so it
     would only add an irreducible error (1 per value) and, for a DiT that predicts the clean latent, a gradient
-    scaled by ``1 / SAMPLE_MIN_T^2``."""
+    scaled by ``1 / SAMPLE_MIN_T^2``.
+
+    ``exaggerate`` (shape contrast, ``[B, z, F, h, w]``) is added to the clean latent the flow leads to, not to
+    the one ``z_t`` is made from: the DiT learns to draw what sets a clip apart from others (its shapes, with
+    ``train.shape_contrast`` times :attr:`Prepared.shape_delta`) more strongly than the clip holds it."""
     tt = t.reshape(t.shape[0], 1, -1, 1, 1)
     z_t = (1 - tt) * target + tt * noise
     velocity = dit(z_t, t * 1000, context, condition, rope).float()
-    flow = (noise - target).float()
+    flow = (noise - target).float() - (0 if exaggerate is None else exaggerate.float())
     weights = (tt > 0).float() if weights is None else weights.float() * (tt > 0)
     weights = weights.expand_as(velocity)
     total = weights.sum().clamp_min(1e-12)  # the terms are 0 when every frame is given
@@ -315,7 +335,7 @@ def rope_positions(rng: torch.Generator, intervals: torch.Tensor, latent_frames:
 def batches(data: dict[int, Prepared], cfg: TrainConfig, rng: np.random.Generator) -> Iterator[tuple]:
     """Endless random batches, each from one clip length, chosen in proportion to the square root of its number
     of samples (long clips, few in the cache, are still visited often): (targets, conditions, intervals,
-    captions, focus), float32."""
+    captions, focus, shape_delta or None), float32."""
     lengths = sorted(data)
     weights = np.sqrt([len(data[n].captions) for n in lengths])
     weights /= weights.sum()
@@ -326,7 +346,8 @@ def batches(data: dict[int, Prepared], cfg: TrainConfig, rng: np.random.Generato
         pick = rng.choice(len(group.captions), size=size, replace=False)
         index = torch.from_numpy(pick)
         yield (group.targets[index].float(), group.conditions[index].float(), group.intervals[index],
-               [group.captions[i] for i in pick], group.focus[index].float())
+               [group.captions[i] for i in pick], group.focus[index].float(),
+               None if group.shape_delta is None else group.shape_delta[index].float())
 
 
 def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:

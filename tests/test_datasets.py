@@ -68,6 +68,27 @@ def test_toyworld_clips_are_deterministic_and_match_their_scene() -> None:
     assert not np.array_equal(frames, other_index[0]) and not np.array_equal(frames, other_seed[0])
 
 
+def test_toyworld_swapped_clip_is_the_same_scene_with_other_shapes() -> None:
+    from tempo_cli.datasets import _stable_int
+    from tempo_cli.toyworld import SHAPES
+
+    source = ToyWorldSource(seed=2, size=32)
+    for index in range(6):
+        frames, caption = source.clip(index, 9)
+        swapped = source.swapped_clip(index, 9)
+        assert swapped.shape == frames.shape and np.array_equal(swapped, source.swapped_clip(index, 9))
+        scene = sample_scene(_stable_int(2, index))
+        shapes = [SHAPES[(SHAPES.index(o.shape) + 1) % 3] for o in scene.objects]
+        try:  # the next shape of each object, where it stays in the frame
+            expected = dataclasses.replace(scene, objects=tuple(
+                dataclasses.replace(o, shape=s) for o, s in zip(scene.objects, shapes)))
+        except ConfigError:
+            continue
+        assert np.array_equal(swapped, render(expected, 9, size=32)) and not np.array_equal(swapped, frames)
+        # the same colours in the same places: only the outlines differ
+        assert (swapped != frames).any(axis=-1).mean() < 0.1
+
+
 def test_toyworld_clip_is_its_scene_rendered_from_frame_zero() -> None:
     from tempo_cli.datasets import _stable_int
 

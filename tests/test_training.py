@@ -135,6 +135,59 @@ def test_prepare_encodes_batches_like_single_clips():
     assert data[5].focus.shape == (3, 1, 2, 8, 8) and torch.equal(data[5].focus[0].float(), focus)
 
 
+def test_prepare_with_shape_contrast_keeps_each_clip_less_its_shapes_swapped():
+    from tempo_cli.datasets import ToyWorldSource
+    from tempo_cli.runtime import ModelStore
+
+    vae = ModelStore(load_preset("tiny-random"), torch.device("cpu"), torch.float32).vae()
+    source = ToyWorldSource(5)
+    layouts = [training.ClipLayout(4, 5, ()), training.ClipLayout(2, 5, (0,)), training.ClipLayout(1, 9, ())]
+    plain = training.prepare(source, vae, layouts, first_index=20)
+    data = training.prepare(source, vae, layouts, first_index=20, shape_contrast=True)
+    assert plain[5].shape_delta is None and plain[9].shape_delta is None
+    with torch.no_grad():
+        for frames, rows in ((5, [0, 1]), (9, [2])):
+            assert data[frames].shape_delta.shape == data[frames].targets.shape
+            torch.testing.assert_close(data[frames].targets, plain[frames].targets)  # the targets are unchanged
+            for row, i in enumerate(rows):
+                n = (layouts[i].frames - 1) * layouts[i].interval + 1
+                video = training.to_video(source.clip(20 + i, n)[0][::layouts[i].interval])[None]
+                swapped = training.to_video(source.swapped_clip(20 + i, n)[::layouts[i].interval])[None]
+                delta = vae.encode(video)[0] - vae.encode(swapped)[0]
+                torch.testing.assert_close(data[frames].shape_delta[row].float(), delta, atol=0.05, rtol=0.02)
+                assert delta.abs().amax() > 0.05  # the shapes make a difference to the latents
+    class Videos:  # a source of given videos (a folder's): nothing to swap the shapes of
+        def clip(self, index, frames):
+            return source.clip(index, frames)
+
+    with pytest.raises(ConfigError, match="shape_contrast needs the toy world"):
+        training.prepare(Videos(), vae, layouts, 0, shape_contrast=True)
+
+
+def test_shape_contrast_moves_the_flow_target_not_the_input(tiny_train):
+    torch.manual_seed(0)
+    target, noise, t = torch.randn(2, 4, 2, 2, 2), torch.randn(2, 4, 2, 2, 2), torch.tensor([0.3, 0.7])
+    exaggerate = torch.randn_like(target)
+    seen = []
+
+    class Recording(FixedVelocity):
+        def forward(self, z_t, t, context, y, rope):
+            seen.append(z_t)
+            return self.v
+
+    model = Recording()
+    model.v = noise - (target + exaggerate)  # the flow towards the exaggerated clean latent
+    flow, _ = training.flow_matching_terms(model, target, None, None, None, t, noise, exaggerate=exaggerate)
+    assert flow.item() == pytest.approx(0, abs=1e-12)
+    tt = t.view(2, 1, 1, 1, 1)
+    torch.testing.assert_close(seen[-1], (1 - tt) * target + tt * noise)  # made from the clip as it is
+    model.v = noise - target
+    flow, _ = training.flow_matching_terms(model, target, None, None, None, t, noise, exaggerate=exaggerate)
+    assert flow.item() == pytest.approx(exaggerate.square().mean().item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="train.shape_contrast must not be negative"):
+        load_preset("tiny-train", ["train.shape_contrast=-1"])
+
+
 def test_latent_focus_marks_the_cells_that_show_an_object():
     video = torch.full((1, 3, 9, 16, 16), -1.0)
     video[:, :, 0, 1:3, 1:3] = 1.0  # frame 0: an object in the top-left cell
@@ -393,13 +446,17 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
     assert main(args + ["--phase", "vae", "--more", "2"]) == 2  # the DiT learnt this VAE's latents
     plain_terms, asked = training.flow_matching_terms, []
 
+    exaggerated = []
+
     def recorded(*a, **kw):
         asked.append(a[-1])
+        exaggerated.append(kw.get("exaggerate") is not None)
         return plain_terms(*a, **kw)
 
     monkeypatch.setattr(training, "flow_matching_terms", recorded)
     assert main(args[:-1] + ["--phase", "stage2", "--more", "2", "--set", "train.contrastive=0.05"]) == 0
     assert asked == [True, True]  # train.contrastive reaches the loss of every step
+    assert exaggerated == [False, False]  # no shape contrast asked for
     err = capsys.readouterr().err
     logged = re.search(r"stage2 step \d+: loss (\S+) \(smoothed \S+\) flow (\S+) other (\S+)", err)
     assert logged, err  # the log splits the loss into its terms
@@ -431,6 +488,12 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
     assert sorted(p.name for p in (out / "cache").iterdir()) == [
         "stage1-rank0.safetensors", "stage2-rank0-draw2.0.safetensors", "stage2-rank0.safetensors"]
     assert cached_captions(out, "stage2-rank0-draw2.0") != cached_captions(out, "stage2-rank0")
+    # shape contrast: the clips are encoded with their shapes swapped too, and every step's flow is moved by them
+    exaggerated.clear()
+    assert main(args + ["--phase", "stage2", "--more", "2", "--set", "train.shape_contrast=0.5"]) == 0
+    assert exaggerated == [True, True]
+    with safe_open(str(out / "cache" / "stage2-rank0-draw3.0.safetensors"), "pt") as f:
+        assert f.metadata()["shape_contrast"] == "yes" and any(k.endswith(".shape_delta") for k in f.keys())
 
 
 def cached_captions(out, name: str) -> list[str]:
