@@ -23,6 +23,7 @@ from tempo_cli.errors import CheckpointError, ConfigError, UsageError
 from tempo_cli.pipeline import Progress
 
 CHECKPOINT = "checkpoint.safetensors"
+LOSS_SHOWN_EVERY = 10  # steps between updates of the progress bar's loss
 CACHE_FORMAT = "2"  # encoded clips: 2 added the latent focus maps
 CLIPS_PER_DRAW = 100_000_000  # clip indices between two draws of a phase's clips (a rank's draw holds < 500_000)
 DRAW_SPAN = 100_000  # draws per extension round
@@ -361,11 +362,14 @@ class Trainer:
                 if ema is not None:
                     training.ema_update(ema, ema_model, training.ema_decay_at(self.cfg.ema_decay, self.state.step))
                 self.state = dataclasses.replace(self.state, step=self.state.step + 1)
-                smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
-                advance(1, f"loss {smoothed:.4f}")
+                # kept on the device: reading a value waits for the GPU, so it is read only when shown
+                smoothed = loss.detach() if smoothed is None else 0.95 * smoothed + 0.05 * loss.detach()
+                shown = self.state.step % LOSS_SHOWN_EVERY == 0 or self.state.step == steps
+                advance(1, f"loss {smoothed.item():.4f}" if shown else "")
                 if self.state.step % 50 == 0 or self.state.step == steps:
                     self.progress.log(f"{name} step {self.state.step}: loss {loss.item():.4f} (smoothed "
-                                      f"{smoothed:.4f}) " + " ".join(f"{k} {v:.4f}" for k, v in info.items()))
+                                      f"{smoothed.item():.4f}) "
+                                      + " ".join(f"{k} {float(v):.4f}" for k, v in info.items()))
                 if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == steps:
                     self.save_checkpoint(optimizer, ema)
                 if self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0:
@@ -510,7 +514,7 @@ class Trainer:
                                                            self.cfg.contrastive > 0, exaggerate=exaggerate)
             # the loss the optimiser sees can go negative; the log keeps both terms, the first one comparable
             # with runs trained without the contrastive term
-            info = {} if other is None else {"flow": flow.item(), "other": other.item()}
+            info = {} if other is None else {"flow": flow.detach(), "other": other.detach()}  # read when logged
             return training.contrastive_loss(flow, other, self.cfg.contrastive), info
 
         self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)

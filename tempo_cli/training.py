@@ -400,9 +400,9 @@ def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0,
     l1 = (weights * error).sum() / (weights.sum() * 3)
     l2 = (weights * error.square()).sum() / (weights.sum() * 3)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
-    if decoder_only:
-        return l1 + l2, {"l1": l1.item()}
-    return l1 + l2 + kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
+    if decoder_only:  # the terms stay tensors: the trainer reads them only when it logs them
+        return l1 + l2, {"l1": l1.detach()}
+    return l1 + l2 + kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
 
 
 @torch.no_grad()
