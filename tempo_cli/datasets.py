@@ -59,9 +59,12 @@ class ToyWorldSource:
         weighed = f" weights={sorted(self.weights.items())}" if self.weights else ""
         return f"toyworld seed={self.seed} size={self.size} max_objects={self.max_objects} fps={self.fps}{weighed}"
 
-    def clip(self, index: int, frames: int) -> tuple[np.ndarray, str]:
+    def _scene(self, index: int, frames: int):
         _check_request(index, frames)
-        scene = sample_scene(_stable_int(self.seed, int(index)), self.max_objects, self.weights)
+        return sample_scene(_stable_int(self.seed, int(index)), self.max_objects, self.weights)
+
+    def clip(self, index: int, frames: int) -> tuple[np.ndarray, str]:
+        scene = self._scene(index, frames)
         return render(scene, int(frames), self.fps, self.size), scene.caption
 
     def swapped_clip(self, index: int, frames: int) -> np.ndarray:
@@ -69,8 +72,7 @@ class ToyWorldSource:
         ``train.shape_contrast`` pushes the flow target away from. Each object takes the next shape (ball ->
         square -> triangle -> ball), or the one after where that one would leave the frame (shapes reach out
         differently from their centre); one that no other shape fits keeps its own."""
-        _check_request(index, frames)
-        scene = sample_scene(_stable_int(self.seed, int(index)), self.max_objects, self.weights)
+        scene = self._scene(index, frames)
         objects = []
         for spec in scene.objects:
             here = SHAPES.index(spec.shape)

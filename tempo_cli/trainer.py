@@ -133,11 +133,13 @@ def _encoder_fingerprint(vae) -> str:
     return digest.hexdigest()
 
 
-def _read_cache(path: Path, captions: dict[str, list[str]]) -> dict[int, training.Prepared]:
+def _read_cache(path: Path, captions: dict[str, list[str]], shape_delta: bool) -> dict[int, training.Prepared]:
+    """The encoded clips of ``path``; their shape deltas only with ``shape_delta`` (a run without shape contrast
+    may read a cache made with it)."""
     tensors = load_file(str(path))
     return {int(n): training.Prepared(tensors[f"{n}.targets"], tensors[f"{n}.conditions"],
                                       tensors[f"{n}.intervals"], names, tensors[f"{n}.focus"],
-                                      tensors.get(f"{n}.shape_delta"))
+                                      tensors[f"{n}.shape_delta"] if shape_delta else None)
             for n, names in captions.items()}
 
 
@@ -455,7 +457,7 @@ class Trainer:
                 meta = f.metadata()
             if all(meta.get(k) == v for k, v in key.items()):
                 self.progress.log(f"{phase}: using the {self.cache_size} encoded clips in {path}")
-                return _read_cache(path, json.loads(meta["captions"]))
+                return _read_cache(path, json.loads(meta["captions"]), self.cfg.shape_contrast > 0)
         if draw[1] >= DRAW_SPAN:
             raise UsageError(f"train.cache_refresh {self.cfg.cache_refresh} draws more than {DRAW_SPAN} sets of clips "
                              "in one round", hint="refresh less often")

@@ -172,7 +172,8 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
             videos, cond_videos, anchored, swapped = [], [], [], []
             for i in members[start:start + step]:
                 layout = layouts[i]
-                clip, caption = source.clip(first_index + i, (layout.frames - 1) * layout.interval + 1)
+                span = (layout.frames - 1) * layout.interval + 1  # frames at the source's rate
+                clip, caption = source.clip(first_index + i, span)
                 video = to_video(clip[::layout.interval])  # [3, T, H, W]
                 cond, mask = condition_video(layout.frames, video.shape[2], video.shape[3],
                                              {p: video[:, p] for p in layout.anchors})
@@ -183,14 +184,12 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
                 if layout.anchors:
                     cond_videos.append(cond)
                 if shape_contrast:
-                    other = source.swapped_clip(first_index + i, (layout.frames - 1) * layout.interval + 1)
-                    swapped.append(to_video(other[::layout.interval]))
+                    swapped.append(to_video(source.swapped_clip(first_index + i, span)[::layout.interval]))
             need_empty = empty is None and not all(anchored)
             inputs = videos + cond_videos + ([torch.zeros_like(videos[0])] if need_empty else []) + swapped
             encoded = vae.encode(torch.stack(inputs).to(param.device, param.dtype)).float().cpu()
-            if swapped:
-                deltas += list((encoded[:len(videos)] - encoded[len(encoded) - len(swapped):]).to(torch.bfloat16))
-                encoded = encoded[:len(encoded) - len(swapped)]
+            encoded, swapped_latents = encoded[:len(inputs) - len(swapped)], encoded[len(inputs) - len(swapped):]
+            deltas += list((encoded[:len(videos)] - swapped_latents).to(torch.bfloat16)) if swapped else []
             encoded = encoded.to(torch.bfloat16)
             if need_empty:
                 empty = encoded[-1]

@@ -156,6 +156,7 @@ def test_prepare_with_shape_contrast_keeps_each_clip_less_its_shapes_swapped():
                 delta = vae.encode(video)[0] - vae.encode(swapped)[0]
                 torch.testing.assert_close(data[frames].shape_delta[row].float(), delta, atol=0.05, rtol=0.02)
                 assert delta.abs().amax() > 0.05  # the shapes make a difference to the latents
+
     class Videos:  # a source of given videos (a folder's): nothing to swap the shapes of
         def clip(self, index, frames):
             return source.clip(index, frames)
