@@ -325,6 +325,10 @@ class TrainConfig:
     # toy world only: the flow leads to the clean latent plus this times (it less the same clip's with its shapes
     # swapped), so the DiT draws shapes more distinctly than the flow alone asks (0: the plain flow)
     shape_contrast: float = 0.0
+    # leave the contrast out of the latent cells that show some of the clip's objects and no more of them than of
+    # the swapped ones, so that no target is moved away from its own object's colour (where a triangle's edge
+    # cuts a cell the ball fills, the contrast would fade the triangle)
+    shape_contrast_spare_objects: bool = False
     decoder_steps: int = 0  # after the DiT: the VAE decoder alone on the frozen encoder's latents (0: none)
     decoder_lr: float = 5e-4
     vae_batch_size: int = 0  # 0: batch_size; clips longer than 9 frames come fewer to a batch (at least 2)

@@ -446,7 +446,8 @@ class Trainer:
         key = {"format": CACHE_FORMAT, "vae": _encoder_fingerprint(self.vae), "size": str(self.cache_size),
                "seed": str(self.seed), "data": self.source.identity, "intervals": json.dumps(self.preset.video.frame_intervals),
                "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields}),
-               **({"shape_contrast": "yes"} if self.cfg.shape_contrast else {})}  # the draw is in the name
+               **({"shape_contrast": "spare-objects" if self.cfg.shape_contrast_spare_objects else "yes"}
+                  if self.cfg.shape_contrast else {})}  # the draw is in the name
         for old in path.parent.glob(f"{phase}-rank{rank}-draw*.safetensors") if suffix else ():
             if old != path:
                 old.unlink()
@@ -468,7 +469,8 @@ class Trainer:
         with self.progress.task(f"{phase}: encoding {self.cache_size} clips", self.cache_size) as advance, \
                 torch.autocast(self.device.type, dtype=torch.bfloat16):
             data = training.prepare(self.source, self.vae, self._layouts(phase, draw), offset, advance,
-                                    shape_contrast=self.cfg.shape_contrast > 0)
+                                    shape_contrast=self.cfg.shape_contrast > 0,
+                                    spare_objects=self.cfg.shape_contrast_spare_objects)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{n}.{name}": getattr(g, name) for n, g in data.items()
                    for name in ("targets", "conditions", "intervals", "focus", "shape_delta")

@@ -148,13 +148,15 @@ PREPARE_FRAMES = 1024  # pixel frames the VAE encodes at once while preparing
 
 @torch.no_grad()
 def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index: int,
-            advance=lambda n=1: None, shape_contrast: bool = False) -> dict[int, Prepared]:
+            advance=lambda n=1: None, shape_contrast: bool = False,
+            spare_objects: bool = False) -> dict[int, Prepared]:
     """Render, encode and condition one sample per layout (clip ``first_index + i``), grouped by length.
 
     Clips of one length are encoded in batches; a condition with no anchors is the same zero video for every
     clip of a length, so it is encoded once. ``advance(n)`` reports ``n`` more samples done. With
     ``shape_contrast`` (a source with ``swapped_clip``: the toy world) each clip is also encoded with its shapes
-    swapped, for :attr:`Prepared.shape_delta`.
+    swapped, for :attr:`Prepared.shape_delta`; ``spare_objects`` keeps that difference only in the cells of
+    :func:`contrast_cells`.
     """
     if shape_contrast and not hasattr(source, "swapped_clip"):
         raise ConfigError("train.shape_contrast needs the toy world's data (--data toyworld): it renders each clip "
@@ -189,7 +191,12 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
             inputs = videos + cond_videos + ([torch.zeros_like(videos[0])] if need_empty else []) + swapped
             encoded = vae.encode(torch.stack(inputs).to(param.device, param.dtype)).float().cpu()
             encoded, swapped_latents = encoded[:len(inputs) - len(swapped)], encoded[len(inputs) - len(swapped):]
-            deltas += list((encoded[:len(videos)] - swapped_latents).to(torch.bfloat16)) if swapped else []
+            if swapped:
+                delta = encoded[:len(videos)] - swapped_latents
+                if spare_objects:
+                    delta *= contrast_cells(torch.stack(videos), torch.stack(swapped), vae.config.spatial_factor,
+                                        vae.config.temporal_factor)
+                deltas += list(delta.to(torch.bfloat16))
             encoded = encoded.to(torch.bfloat16)
             if need_empty:
                 empty = encoded[-1]
@@ -381,6 +388,26 @@ def latent_focus(video: torch.Tensor, spatial: int, temporal: int) -> torch.Tens
     groups = near[:, :, 1:].unflatten(2, (-1, temporal)).amax(dim=3)  # [B, 1, k, H, W]
     cells = torch.cat([near[:, :, :1], groups], dim=2)
     return F.max_pool3d(cells, (1, spatial, spatial))
+
+
+def _objects(video: torch.Tensor) -> torch.Tensor:
+    """Which pixels of ``video [B, 3, T, H, W]`` are unlike their frame's dominant (median) colour: ``[B, 1, T, H, W]``
+    float, 0 or 1."""
+    median = video.flatten(3).median(dim=3).values[..., None, None]
+    return ((video - median).abs().amax(dim=1, keepdim=True) > 0.1).float()
+
+
+def contrast_cells(video: torch.Tensor, swapped: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
+    """The latent cells (as in :func:`latent_focus`) where shape contrast cannot fade the video's own objects:
+    those that show none of them, and those that show more of them than ``swapped`` (the same scene with other
+    shapes) shows of its own, where the video's shapes reach beyond the others. ``[B, 1, 1 + k, H / spatial,
+    W / spatial]``, 0 or 1."""
+    def cells(pixels: torch.Tensor) -> torch.Tensor:  # pixel counts per cell, as the VAE packs frames
+        groups = pixels[:, :, 1:].unflatten(2, (-1, temporal)).sum(dim=3)
+        return F.avg_pool3d(torch.cat([pixels[:, :, :1], groups], dim=2), (1, spatial, spatial))
+
+    own = _objects(video)
+    return ((cells(own) == 0) | (cells(own - _objects(swapped)) > 0)).to(video.dtype)
 
 
 def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0,

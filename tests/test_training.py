@@ -157,6 +157,18 @@ def test_prepare_with_shape_contrast_keeps_each_clip_less_its_shapes_swapped():
                 torch.testing.assert_close(data[frames].shape_delta[row].float(), delta, atol=0.05, rtol=0.02)
                 assert delta.abs().amax() > 0.05  # the shapes make a difference to the latents
 
+    # sparing the objects: the same differences, left out of the cells that show some of a clip's object and
+    # no more of it than of the swapped one
+    spared = training.prepare(source, vae, layouts, first_index=20, shape_contrast=True, spare_objects=True)
+    for frames, rows in ((5, [0, 1]), (9, [2])):
+        for row, i in enumerate(rows):
+            n = (layouts[i].frames - 1) * layouts[i].interval + 1
+            video = training.to_video(source.clip(20 + i, n)[0][::layouts[i].interval])[None]
+            swapped = training.to_video(source.swapped_clip(20 + i, n)[::layouts[i].interval])[None]
+            keep = training.contrast_cells(video, swapped, vae.config.spatial_factor, vae.config.temporal_factor)[0]
+            assert 0 < keep.mean() < 1
+            torch.testing.assert_close(spared[frames].shape_delta[row], data[frames].shape_delta[row] * keep.bfloat16())
+
     class Videos:  # a source of given videos (a folder's): nothing to swap the shapes of
         def clip(self, index, frames):
             return source.clip(index, frames)
@@ -187,6 +199,25 @@ def test_shape_contrast_moves_the_flow_target_not_the_input(tiny_train):
     assert flow.item() == pytest.approx(exaggerate.square().mean().item(), rel=1e-5)
     with pytest.raises(ConfigError, match="train.shape_contrast must not be negative"):
         load_preset("tiny-train", ["train.shape_contrast=-1"])
+
+
+def test_contrast_cells_spare_the_cells_where_the_own_object_is_no_larger():
+    background, colour = -1.0, 0.5
+    video = torch.full((1, 3, 5, 16, 16), background)  # mostly background: the median colour
+    swapped = video.clone()
+    video[:, :, :, 0:2, 0:3] = colour  # cell (0, 0): 6 own pixels a frame, 4 of the other's
+    swapped[:, :, :, 0:2, 0:2] = colour
+    video[:, :, :, 4:5, 0:2] = colour  # cell (1, 0): 2 own pixels a frame, 8 of the other's
+    swapped[:, :, :, 4:6, 0:4] = colour
+    swapped[:, :, :, 4:6, 4:8] = colour  # cell (1, 1): none of the own object, some of the other's
+    video[:, :, 1:, 0:4, 4:8] = colour  # cell (0, 1): as much of each from frame 1 on
+    swapped[:, :, 1:, 0:4, 4:8] = colour
+    cells = training.contrast_cells(video, swapped, 4, 4)
+    assert cells.shape == (1, 1, 2, 4, 4)
+    assert cells[0, 0, :, 0, 0].tolist() == [1, 1]  # the own shape reaches beyond the other
+    assert cells[0, 0, :, 1, 0].tolist() == [0, 0]  # the other's is larger: the contrast would fade this one
+    assert cells[0, 0, :, 1, 1].tolist() == [1, 1]  # background here: the other shape is pushed away
+    assert cells[0, 0, :, 0, 1].tolist() == [1, 0]  # frame 0 shows nothing there; frames 1-4 the same in both
 
 
 def test_latent_focus_marks_the_cells_that_show_an_object():
@@ -495,6 +526,10 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
     assert exaggerated == [True, True]
     with safe_open(str(out / "cache" / "stage2-rank0-draw3.0.safetensors"), "pt") as f:
         assert f.metadata()["shape_contrast"] == "yes" and any(k.endswith(".shape_delta") for k in f.keys())
+    assert main(args + ["--phase", "stage2", "--more", "1", "--set", "train.shape_contrast=0.5",
+                        "--set", "train.shape_contrast_spare_objects=true"]) == 0
+    with safe_open(str(out / "cache" / "stage2-rank0-draw4.0.safetensors"), "pt") as f:
+        assert f.metadata()["shape_contrast"] == "spare-objects"  # its deltas are not those of a plain cache
 
 
 def cached_captions(out, name: str) -> list[str]:
