@@ -195,7 +195,7 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
                 delta = encoded[:len(videos)] - swapped_latents
                 if spare_objects:
                     delta *= contrast_cells(torch.stack(videos), torch.stack(swapped), vae.config.spatial_factor,
-                                        vae.config.temporal_factor)
+                                            vae.config.temporal_factor)
                 deltas += list(delta.to(torch.bfloat16))
             encoded = encoded.to(torch.bfloat16)
             if need_empty:
@@ -367,13 +367,19 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
 FOCUS_MARGIN = 2  # px around the pixels unlike the dominant colour that weigh as much as they do
 
 
+def _off_dominant(video: torch.Tensor) -> torch.Tensor:
+    """How far each pixel of ``video [B, 3, T, H, W]`` is from its frame's dominant (median) colour, in its most
+    different channel: ``[B, 1, T, H, W]``."""
+    median = video.flatten(3).median(dim=3).values[..., None, None]  # [B, 3, T, 1, 1]
+    return (video - median).abs().amax(dim=1, keepdim=True)
+
+
 def focus_weights(video: torch.Tensor, focus: float) -> torch.Tensor:
     """Per-pixel loss weights ``[B, 1, T, H, W]``: 1, plus up to ``focus`` where a pixel is unlike its frame's
     dominant (median) colour or within :data:`FOCUS_MARGIN` px of such a pixel. Small objects on a plain
     background then weigh as much as the background, and so do their edges on both sides: painting an object
     too large costs as much as painting it too small."""
-    median = video.flatten(3).median(dim=3).values[..., None, None]  # [B, 3, T, 1, 1]
-    unlike = ((video - median).abs().amax(dim=1, keepdim=True) * 4).clamp(0, 1)
+    unlike = (_off_dominant(video) * 4).clamp(0, 1)
     side = 2 * FOCUS_MARGIN + 1
     near = F.max_pool3d(unlike, (1, side, side), stride=1, padding=(0, FOCUS_MARGIN, FOCUS_MARGIN))
     return 1 + focus * near
@@ -390,13 +396,6 @@ def latent_focus(video: torch.Tensor, spatial: int, temporal: int) -> torch.Tens
     return F.max_pool3d(cells, (1, spatial, spatial))
 
 
-def _objects(video: torch.Tensor) -> torch.Tensor:
-    """Which pixels of ``video [B, 3, T, H, W]`` are unlike their frame's dominant (median) colour: ``[B, 1, T, H, W]``
-    float, 0 or 1."""
-    median = video.flatten(3).median(dim=3).values[..., None, None]
-    return ((video - median).abs().amax(dim=1, keepdim=True) > 0.1).float()
-
-
 def contrast_cells(video: torch.Tensor, swapped: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
     """The latent cells (as in :func:`latent_focus`) where shape contrast cannot fade the video's own objects:
     those that show none of them, and those that show more of them than ``swapped`` (the same scene with other
@@ -406,8 +405,11 @@ def contrast_cells(video: torch.Tensor, swapped: torch.Tensor, spatial: int, tem
         groups = pixels[:, :, 1:].unflatten(2, (-1, temporal)).sum(dim=3)
         return F.avg_pool3d(torch.cat([pixels[:, :, :1], groups], dim=2), (1, spatial, spatial))
 
-    own = _objects(video)
-    return ((cells(own) == 0) | (cells(own - _objects(swapped)) > 0)).to(video.dtype)
+    def objects(frames: torch.Tensor) -> torch.Tensor:  # 1 at the pixels unlike the dominant colour
+        return (_off_dominant(frames) > 0.1).float()
+
+    own = objects(video)
+    return ((cells(own) == 0) | (cells(own - objects(swapped)) > 0)).to(video.dtype)
 
 
 def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0,
