@@ -191,10 +191,11 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
             inputs = videos + cond_videos + ([torch.zeros_like(videos[0])] if need_empty else []) + swapped
             encoded = vae.encode(torch.stack(inputs).to(param.device, param.dtype)).float().cpu()
             encoded, swapped_latents = encoded[:len(inputs) - len(swapped)], encoded[len(inputs) - len(swapped):]
+            clips = torch.stack(videos)
             if swapped:
                 delta = encoded[:len(videos)] - swapped_latents
                 if spare_objects:
-                    delta *= contrast_cells(torch.stack(videos), torch.stack(swapped), vae.config.spatial_factor,
+                    delta *= contrast_cells(clips, torch.stack(swapped), vae.config.spatial_factor,
                                             vae.config.temporal_factor)
                 deltas += list(delta.to(torch.bfloat16))
             encoded = encoded.to(torch.bfloat16)
@@ -202,8 +203,7 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
                 empty = encoded[-1]
             given = iter(encoded[len(videos):len(videos) + len(cond_videos)])
             targets += list(encoded[:len(videos)])
-            focus += list(latent_focus(torch.stack(videos), vae.config.spatial_factor, vae.config.temporal_factor)
-                          .to(torch.bfloat16))
+            focus += list(latent_focus(clips, vae.config.spatial_factor, vae.config.temporal_factor).to(torch.bfloat16))
             conds += [next(given) if has else empty for has in anchored]
             advance(len(videos))
         latents = torch.stack(conds)  # [N, z, F, h, w]
@@ -391,9 +391,14 @@ def latent_focus(video: torch.Tensor, spatial: int, temporal: int) -> torch.Tens
     pixels and the margin around them) over the cell's pixels: the first frame alone, then groups of
     ``temporal`` frames, as the VAE packs them."""
     near = focus_weights(video, 1.0) - 1  # [B, 1, T, H, W] in [0, 1]
-    groups = near[:, :, 1:].unflatten(2, (-1, temporal)).amax(dim=3)  # [B, 1, k, H, W]
-    cells = torch.cat([near[:, :, :1], groups], dim=2)
-    return F.max_pool3d(cells, (1, spatial, spatial))
+    return F.max_pool3d(_packed_frames(near, temporal, torch.amax), (1, spatial, spatial))
+
+
+def _packed_frames(pixels: torch.Tensor, temporal: int, reduce) -> torch.Tensor:
+    """``[B, C, 1 + temporal * k, H, W]`` -> ``[B, C, 1 + k, H, W]`` as the VAE packs frames into latent frames:
+    the first frame alone, then each group of ``temporal`` frames brought to one by ``reduce(x, dim=...)``."""
+    groups = reduce(pixels[:, :, 1:].unflatten(2, (-1, temporal)), dim=3)
+    return torch.cat([pixels[:, :, :1], groups], dim=2)
 
 
 def contrast_cells(video: torch.Tensor, swapped: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
@@ -401,9 +406,8 @@ def contrast_cells(video: torch.Tensor, swapped: torch.Tensor, spatial: int, tem
     those that show none of them, and those that show more of them than ``swapped`` (the same scene with other
     shapes) shows of its own, where the video's shapes reach beyond the others. ``[B, 1, 1 + k, H / spatial,
     W / spatial]``, 0 or 1."""
-    def cells(pixels: torch.Tensor) -> torch.Tensor:  # pixel counts per cell, as the VAE packs frames
-        groups = pixels[:, :, 1:].unflatten(2, (-1, temporal)).sum(dim=3)
-        return F.avg_pool3d(torch.cat([pixels[:, :, :1], groups], dim=2), (1, spatial, spatial))
+    def cells(pixels: torch.Tensor) -> torch.Tensor:  # pixel counts per cell (a share of the cell's area)
+        return F.avg_pool3d(_packed_frames(pixels, temporal, torch.sum), (1, spatial, spatial))
 
     def objects(frames: torch.Tensor) -> torch.Tensor:  # 1 at the pixels unlike the dominant colour
         return (_off_dominant(frames) > 0.1).float()
