@@ -296,6 +296,7 @@ class TrainConfig:
     batch_size: int = 8
     clip_frames: int = 17  # frames of one training clip at its level's frame rate (4k+1)
     min_clip_frames: int = 0  # DiT clips shorter than this are not drawn (0: down to 2 latent frames)
+    length_power: float = 1.0  # a clip length is drawn in proportion to 1/frames**length_power (0: all alike)
     max_conditioned: float = 0.15  # stage 1: at most this share of frames given as conditions
     t_max: int = 64  # stage 2: temporal RoPE start index drawn from U[0, t_max]
     timestep_shift: float = 3.0
@@ -352,6 +353,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.clip_frames < 5 or self.clip_frames % 4 != 1:
             raise ConfigError(f"train.clip_frames must be 4k+1 (k >= 1), got {self.clip_frames}")
+        if not 0 <= self.length_power <= 4:
+            raise ConfigError(f"train.length_power must be in [0, 4], got {self.length_power}")
         if not 0 <= self.min_clip_frames <= self.clip_frames:
             raise ConfigError(f"train.min_clip_frames must be in [0, clip_frames = {self.clip_frames}], got "
                               f"{self.min_clip_frames}")

@@ -57,17 +57,17 @@ def clip_lengths(cfg: TrainConfig) -> list[int]:
     return [f for f in (4 * (n - 1) + 1 for n in (*latents, longest)) if f >= cfg.min_clip_frames]
 
 
-def length_weights(lengths: Sequence[int]) -> np.ndarray:
-    """How often a clip of each length is drawn into a cache: in proportion to 1/frames, so every length
-    brings about as many frames (long clips cost the most to encode; short ones, batched many at once, teach
-    appearance fastest)."""
-    weights = 1 / np.asarray(lengths, dtype=np.float64)
+def length_weights(lengths: Sequence[int], power: float = 1.0) -> np.ndarray:
+    """How often a clip of each length is drawn into a cache: in proportion to 1/frames**power. At the default
+    power 1 every length brings about as many frames (long clips cost the most to encode; short ones, batched
+    many at once, teach appearance fastest); lower powers draw more long clips, 0 as many of each length."""
+    weights = np.asarray(lengths, dtype=np.float64) ** -power
     return weights / weights.sum()
 
 
 def _clip_frames(rng: np.random.Generator, cfg: TrainConfig) -> int:
     lengths = clip_lengths(cfg)
-    return int(lengths[int(rng.choice(len(lengths), p=length_weights(lengths)))])
+    return int(lengths[int(rng.choice(len(lengths), p=length_weights(lengths, cfg.length_power)))])
 
 
 def batch_size_for(cfg: TrainConfig, frames: int) -> int:

@@ -89,6 +89,21 @@ def test_clip_lengths_double_up_to_the_longest_and_long_batches_are_smaller():
                     min_clip_frames=61)
 
 
+def test_length_power_draws_more_long_clips_beside_the_short_ones():
+    lengths = [13, 29, 61, 125, 193]
+    default, half, alike = (training.length_weights(lengths, p) for p in (1.0, 0.5, 0.0))
+    assert default * np.asarray(lengths) == pytest.approx(np.full(5, default[0] * 13))  # as many frames each
+    assert alike == pytest.approx(np.full(5, 0.2))  # as many clips each
+    assert default[-1] < half[-1] < alike[-1] and default[0] > half[0] > alike[0]
+    cfg = TrainConfig(stage1_steps=1, stage1_lr=1e-3, stage2_steps=1, stage2_lr=1e-3, clip_frames=193,
+                      min_clip_frames=13, length_power=0)
+    rng = np.random.default_rng(0)
+    drawn = [training.stage2_layout(rng, cfg, [4, 2, 1]).frames for _ in range(2000)]
+    assert min(drawn.count(n) for n in lengths) > 300  # about 400 of each
+    with pytest.raises(ConfigError, match="length_power"):
+        TrainConfig(stage1_steps=1, stage1_lr=1e-3, stage2_steps=1, stage2_lr=1e-3, length_power=-1)
+
+
 def test_stage2_can_mix_in_multimask_tasks_and_weigh_its_levels():
     cfg = TrainConfig(stage1_steps=1, stage1_lr=1e-3, stage2_steps=1, stage2_lr=1e-3, clip_frames=29,
                       stage2_multimask=0.5, stage2_levels=(2, 1, 1))
