@@ -442,12 +442,14 @@ class Trainer:
         rank = distributed.rank()
         suffix = f"-draw{draw[0]}.{draw[1]}" if draw != (0, 0) else ""
         path = self.out / "cache" / f"{phase}-rank{rank}{suffix}.safetensors"
-        layout_fields = ("clip_frames", "min_clip_frames", "length_power", "max_conditioned", "stage2_multimask", "stage2_levels")
+        layout_fields = ("clip_frames", "min_clip_frames", "max_conditioned", "stage2_multimask", "stage2_levels")
         key = {"format": CACHE_FORMAT, "vae": _encoder_fingerprint(self.vae), "size": str(self.cache_size),
                "seed": str(self.seed), "data": self.source.identity, "intervals": json.dumps(self.preset.video.frame_intervals),
                "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields}),
                **({"shape_contrast": "spare-objects" if self.cfg.shape_contrast_spare_objects else "yes"}
-                  if self.cfg.shape_contrast else {})}  # the draw is in the name
+                  if self.cfg.shape_contrast else {}),
+               **({"length_power": str(float(self.cfg.length_power))} if self.cfg.length_power != 1 else {})}
+        # the draw is in the name; settings at their defaults stay out, so caches made before them stay valid
         for old in path.parent.glob(f"{phase}-rank{rank}-draw*.safetensors") if suffix else ():
             if old != path:
                 old.unlink()

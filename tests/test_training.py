@@ -541,6 +541,13 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
                         "--set", "train.shape_contrast_spare_objects=true"]) == 0
     with safe_open(str(out / "cache" / "stage2-rank0-draw4.0.safetensors"), "pt") as f:
         assert f.metadata()["shape_contrast"] == "spare-objects"  # its deltas are not those of a plain cache
+    # another length_power draws other clip lengths: the first round's clips are encoded anew
+    capsys.readouterr()
+    assert main(args[:-1] + ["--prepare", "--set", "train.length_power=0"]) == 0
+    err = capsys.readouterr().err
+    assert "stage2: encoding 8 clips" in err and "using the 8" not in err
+    with safe_open(str(out / "cache" / "stage2-rank0.safetensors"), "pt") as f:
+        assert f.metadata()["length_power"] == "0.0"
 
 
 def cached_captions(out, name: str) -> list[str]:
