@@ -34,6 +34,12 @@ def command(
     export: Annotated[Optional[Path], typer.Option("--export", help="Write the run's latest checkpoint in --out as "
                                                    "a preset folder DIR and train nothing: an unfinished DiT phase "
                                                    "gives its EMA weights. Works while the run trains.")] = None,
+    average: Annotated[Optional[str], typer.Option("--average", help="With --export: average the exported DiT "
+                                                   "and text encoder with a trained preset's (name or YAML path; "
+                                                   "same architecture and VAE), a model soup of two fine-tunes "
+                                                   "from one start.")] = None,
+    average_weight: Annotated[float, typer.Option("--average-weight", help="How far --average moves towards the "
+                                                  "named preset: 0.5 is the plain mean.")] = 0.5,
     export_dtype: Annotated[str, typer.Option("--export-dtype", help="dtype of the exported weights: fp32, or "
                                               "bf16 for half the size (the checkpoint keeps float32).")] = "fp32",
     seed: opt.SeedOpt = 0,
@@ -60,13 +66,19 @@ def command(
     if export is not None and (prepare or more or init is not None or phase):
         raise UsageError("--export only writes the checkpoint out: it does not go with --prepare, --more, --init "
                          "or --phase")
+    if average is not None and export is None:
+        raise UsageError("--average goes with --export: it averages the weights being exported")
+    if not 0 < average_weight < 1:
+        raise UsageError(f"--average-weight must be between 0 and 1, got {average_weight}")
     if DTYPES.get(export_dtype) not in (torch.float32, torch.bfloat16):
         raise UsageError(f"--export-dtype {export_dtype!r}: choose fp32 or bf16")
     session = opt.open_session(preset, set_, None, device, "fp32", quiet, notice=False)
     trainer = Trainer(session.preset, out, open_source(data, session.preset), device=session.store.device,
                       progress=session.progress, seed=seed, cache_size=cache, export_dtype=DTYPES[export_dtype])
     if export is not None:
-        what = trainer.export_checkpoint(export)
+        from tempo_cli.presets import load_preset
+
+        what = trainer.export_checkpoint(export, load_preset(average) if average else None, average_weight)
         session.progress.log(f"exported {out / 'checkpoint.safetensors'} ({what}) to {export}")
         opt.emit_path(str(export / "preset.yaml"))
         return

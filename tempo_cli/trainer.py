@@ -280,6 +280,36 @@ class Trainer:
         self.save_checkpoint()
         return taken
 
+    def average_with(self, other: Preset, weight: float = 0.5) -> list[str]:
+        """Move the loaded DiT and text encoder ``weight`` of the way to a trained preset's (weight averaging of
+        two models fine-tuned from one start, a "model soup"), in float32; returns the names averaged. Both
+        networks must have the same architecture, and the VAE the same weights and latent statistics: a DiT
+        knows only its own VAE's latents."""
+        from tempo_cli.runtime import ModelStore
+
+        if not 0 < weight < 1:
+            raise UsageError(f"--average-weight must be between 0 and 1, got {weight}")
+        store = ModelStore(other, self.device, torch.float32)
+        stats = {"latents_mean": other.vae.latents_mean, "latents_std": other.vae.latents_std}
+        own_vae, their_vae = self.vae.state_dict(), store.vae().state_dict()
+        if (dataclasses.replace(self.preset.vae, **stats) != other.vae
+                or (tuple(self.state.latents_mean), tuple(self.state.latents_std))
+                != (tuple(other.vae.latents_mean), tuple(other.vae.latents_std))
+                or any(not torch.equal(v.float(), their_vae[k].float()) for k, v in own_vae.items())):
+            raise UsageError(f"--average {other.name}: its VAE is not this run's, so its DiT knows other latents",
+                             hint="average only models trained on from the same VAE (--init from one of them)")
+        if self.preset.dit != other.dit:
+            raise UsageError(f"--average {other.name}: its DiT's architecture is not this run's")
+        if (self.preset.text_encoder, self.preset.weights.tokenizer) != (other.text_encoder,
+                                                                          other.weights.tokenizer):
+            raise UsageError(f"--average {other.name}: its text encoder or tokenizer is not this run's")
+        for name, source in (("dit", store.dit()), ("text_encoder", store.text_encoder()[0])):
+            model = self._models()[name]
+            theirs = source.state_dict()
+            _load_weights(model, {k: torch.lerp(v.float(), theirs[k].float(), weight) if v.is_floating_point()
+                                  else v for k, v in model.state_dict().items()})
+        return ["dit", "text_encoder"]
+
     def run(self, phases: list[str] | None = None, prepare_only: bool = False, more: int = 0) -> None:
         """Train the phases not yet done (only ``phases`` if given), resuming from ``out``. With
         ``prepare_only``, encode the DiT phases' clips into ``out/cache`` and train nothing. ``more`` trains the
@@ -579,11 +609,12 @@ class Trainer:
 
     # ---- the result ---------------------------------------------------------------------------------------------
 
-    def export_checkpoint(self, dest: Path) -> str:
+    def export_checkpoint(self, dest: Path, average: Preset | None = None, weight: float = 0.5) -> str:
         """Write the run's latest checkpoint as a preset folder ``dest``, as :meth:`export` writes a finished run:
         a DiT phase that has not finished gives its EMA weights (what its export will hold), or its training
-        weights where it keeps no EMA. Reads the checkpoint only, so it works while the run trains on; returns
-        what was exported, in words."""
+        weights where it keeps no EMA. With ``average``, the DiT and text encoder are first averaged with that
+        trained preset's (:meth:`average_with`, ``weight`` of the way to it). Reads the checkpoint only, so it works
+        while the run trains on; returns what was exported, in words."""
         tensors = self.load_checkpoint(announce=False)
         if tensors is None:
             raise UsageError(f"--export: {self.out} holds no checkpoint ({CHECKPOINT})",
@@ -597,6 +628,9 @@ class Trainer:
             if state.phase in ("stage1", "stage2") and ema:
                 _load_weights(self.dit, ema)
                 what += ", EMA weights"
+        if average is not None:
+            self.average_with(average, weight)
+            what += f"; DiT and text encoder averaged with {average.name}'s (weight {weight:g} of {average.name})"
         self.export(dest, what)
         return what
 

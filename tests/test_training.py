@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from tempo_cli.cli import main
 from tempo_cli.config import TrainConfig
-from tempo_cli.errors import ConfigError
+from tempo_cli.errors import ConfigError, UsageError
 from tempo_cli.models.dit import MultiMaskDiT
 from tempo_cli.presets import load_preset
 from tempo_cli import training
@@ -605,6 +605,48 @@ def test_export_writes_a_stopped_runs_checkpoint_as_a_preset_with_its_ema_weight
                  "--frames", "5", "-o", str(tmp_path / "clip.mp4"), "-q"]) == 0
     with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:  # the run itself is left as it was
         assert json.loads(f.metadata()["state"])["step"] == 2
+
+
+def test_export_can_average_the_run_with_a_trained_preset(tmp_path, tiny_train, capsys):
+    from tempo_cli.datasets import open_source
+    from tempo_cli.pipeline import Progress
+    from tempo_cli.models.text_encoder import native_key
+    from tempo_cli.runtime import ModelStore
+    from tempo_cli.trainer import Trainer
+
+    out, soup = tmp_path / "run", tmp_path / "soup"
+    args = ["train", "--preset", "tiny-train", "--data", "toyworld:3", "--out", str(out), "--cache", "4"]
+    assert main(args + ["--init", "tiny-random", "--phase", "stage2", "--set", "train.stage2_steps=2",
+                        "--set", "train.stage2_lr=1e-2"]) == 0
+    capsys.readouterr()
+    assert main(args + ["--average", "tiny-random"]) == 2  # only with --export
+    assert "--average goes with --export" in capsys.readouterr().err
+    assert main(args + ["--export", str(soup), "--average", "tiny-random", "--average-weight", "1"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+    assert main(args + ["--export", str(soup), "--average", "tiny-random", "--average-weight", "0.25"]) == 0
+    assert "averaged with tiny-random's (weight 0.25 of tiny-random)" in " ".join(capsys.readouterr().err.split())
+    other = ModelStore(load_preset("tiny-random"), torch.device("cpu"), torch.float32)
+    text = {native_key(k): v for k, v in other.text_encoder()[0].model.state_dict().items() if native_key(k)}
+    for name, theirs in (("dit", other.dit().state_dict()), ("text_encoder", text)):
+        own, averaged = load_file_tensors(out / f"{name}.safetensors"), load_file_tensors(soup / f"{name}.safetensors")
+        moved = [k for k in own if not torch.equal(own[k], theirs[k])]
+        assert moved  # the run trained away from where it started
+        assert all(torch.allclose(averaged[k], own[k] + 0.25 * (theirs[k] - own[k]), atol=1e-6) for k in own)
+    assert all(torch.equal(v, load_file_tensors(out / "vae.safetensors")[k])
+               for k, v in load_file_tensors(soup / "vae.safetensors").items())  # the VAE as it was
+    assert "averaged with tiny-random" in load_preset(str(soup / "preset.yaml")).description
+    assert main(["generate", "a red ball moving left on a black background", "--preset", str(soup / "preset.yaml"),
+                 "--frames", "5", "-o", str(tmp_path / "clip.mp4"), "-q"]) == 0
+
+    trainer = Trainer(load_preset("tiny-train"), out, open_source("toyworld:3", load_preset("tiny-train")),
+                      device=torch.device("cpu"), progress=Progress())
+    trainer.load_checkpoint(announce=False)
+    random = load_preset("tiny-random")
+    for other, why in ((dataclasses.replace(random, vae=dataclasses.replace(
+                            random.vae, latents_mean=tuple(m + 1 for m in random.vae.latents_mean))), "VAE"),
+                       (dataclasses.replace(random, dit=dataclasses.replace(random.dit, ffn_dim=64)), "DiT")):
+        with pytest.raises(UsageError, match=f"its {why}"):
+            trainer.average_with(other)
 
 
 def load_file_tensors(path):
