@@ -609,8 +609,8 @@ def test_export_writes_a_stopped_runs_checkpoint_as_a_preset_with_its_ema_weight
 
 def test_export_can_average_the_run_with_a_trained_preset(tmp_path, tiny_train, capsys):
     from tempo_cli.datasets import open_source
-    from tempo_cli.pipeline import Progress
     from tempo_cli.models.text_encoder import native_key
+    from tempo_cli.pipeline import Progress
     from tempo_cli.runtime import ModelStore
     from tempo_cli.trainer import Trainer
 
@@ -642,11 +642,11 @@ def test_export_can_average_the_run_with_a_trained_preset(tmp_path, tiny_train, 
                       device=torch.device("cpu"), progress=Progress())
     trainer.load_checkpoint(announce=False)
     random = load_preset("tiny-random")
-    for other, why in ((dataclasses.replace(random, vae=dataclasses.replace(
-                            random.vae, latents_mean=tuple(m + 1 for m in random.vae.latents_mean))), "VAE"),
-                       (dataclasses.replace(random, dit=dataclasses.replace(random.dit, ffn_dim=64)), "DiT")):
+    for unlike, why in ((dataclasses.replace(random, vae=dataclasses.replace(
+                             random.vae, latents_mean=tuple(m + 1 for m in random.vae.latents_mean))), "VAE"),
+                        (dataclasses.replace(random, dit=dataclasses.replace(random.dit, ffn_dim=64)), "DiT")):
         with pytest.raises(UsageError, match=f"its {why}"):
-            trainer.average_with(other)
+            trainer.average_with(unlike)
 
 
 def load_file_tensors(path):
