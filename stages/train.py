@@ -76,19 +76,25 @@ def command(
     trainer = Trainer(session.preset, out, open_source(data, session.preset), device=session.store.device,
                       progress=session.progress, seed=seed, cache_size=cache, export_dtype=DTYPES[export_dtype])
     if export is not None:
-        from tempo_cli.presets import load_preset
-
-        what = trainer.export_checkpoint(export, load_preset(average) if average else None, average_weight)
+        what = trainer.export_checkpoint(export, _trained(average) if average else None, average_weight)
         session.progress.log(f"exported {out / 'checkpoint.safetensors'} ({what}) to {export}")
         opt.emit_path(str(export / "preset.yaml"))
         return
     if init is not None:
-        from tempo_cli.presets import load_preset
-
-        trainer.take_over(load_preset(init))
+        trainer.take_over(_trained(init))
     trainer.run(list(phase) if phase else None, prepare_only=prepare, more=more)
     if distributed.is_main() and not prepare:
         opt.emit_path(str(out / "preset.yaml"))
+
+
+def _trained(name_or_path: str):
+    """A trained preset, called in messages and descriptions what the user called it: the preset a YAML path loads is
+    named after the file, and an exported run's file is always ``preset.yaml``."""
+    import dataclasses
+
+    from tempo_cli.presets import load_preset
+
+    return dataclasses.replace(load_preset(name_or_path), name=name_or_path)
 
 
 STAGE = Stage("train", "Train a preset's networks with the two-stage recipe.", command, order=60)

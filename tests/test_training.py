@@ -635,6 +635,9 @@ def test_export_can_average_the_run_with_a_trained_preset(tmp_path, tiny_train, 
     assert all(torch.equal(v, load_file_tensors(out / "vae.safetensors")[k])
                for k, v in load_file_tensors(soup / "vae.safetensors").items())  # the VAE as it was
     assert "averaged with tiny-random" in load_preset(str(soup / "preset.yaml")).description
+    by_path = str(out / "preset.yaml")  # a run's own export, named as given, not after its file ("preset")
+    assert main(args + ["--export", str(tmp_path / "same"), "--average", by_path]) == 0
+    assert f"averaged with {by_path}'s" in " ".join(capsys.readouterr().err.split())
     assert main(["generate", "a red ball moving left on a black background", "--preset", str(soup / "preset.yaml"),
                  "--frames", "5", "-o", str(tmp_path / "clip.mp4"), "-q"]) == 0
 
