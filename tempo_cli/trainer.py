@@ -249,8 +249,7 @@ class Trainer:
                                                               patch_size=self.preset.dit.patch_size)
                 and (tuple(self.preset.dit.patch_size) == tuple(trained.dit.patch_size)
                      or finer_patches(trained.dit.patch_size, self.preset.dit.patch_size)),
-                "text_encoder": (self.preset.text_encoder == trained.text_encoder
-                                 and self.preset.weights.tokenizer == trained.weights.tokenizer)}
+                "text_encoder": self._same_text_encoder(trained)}
         taken = [name for name in ("vae", "text_encoder", "dit") if same[name]]
         grown = "dit" in taken and layers > trained.dit.num_layers
         split = "dit" in taken and tuple(self.preset.dit.patch_size) != tuple(trained.dit.patch_size)
@@ -280,15 +279,12 @@ class Trainer:
         self.save_checkpoint()
         return taken
 
-    def average_with(self, other: Preset, weight: float = 0.5) -> list[str]:
+    def average_with(self, other: Preset, weight: float = 0.5) -> None:
         """Move the loaded DiT and text encoder ``weight`` of the way to a trained preset's (weight averaging of
-        two models fine-tuned from one start, a "model soup"), in float32; returns the names averaged. Both
-        networks must have the same architecture, and the VAE the same weights and latent statistics: a DiT
-        knows only its own VAE's latents."""
+        two models fine-tuned from one start, a "model soup"), in float32. Both networks must have the same
+        architecture, and the VAE the same weights and latent statistics: a DiT knows only its own VAE's latents."""
         from tempo_cli.runtime import ModelStore
 
-        if not 0 < weight < 1:
-            raise UsageError(f"--average-weight must be between 0 and 1, got {weight}")
         store = ModelStore(other, self.device, torch.float32)
         stats = {"latents_mean": other.vae.latents_mean, "latents_std": other.vae.latents_std}
         own_vae, their_vae = self.vae.state_dict(), store.vae().state_dict()
@@ -300,15 +296,17 @@ class Trainer:
                              hint="average only models trained on from the same VAE (--init from one of them)")
         if self.preset.dit != other.dit:
             raise UsageError(f"--average {other.name}: its DiT's architecture is not this run's")
-        if (self.preset.text_encoder, self.preset.weights.tokenizer) != (other.text_encoder,
-                                                                          other.weights.tokenizer):
+        if not self._same_text_encoder(other):
             raise UsageError(f"--average {other.name}: its text encoder or tokenizer is not this run's")
         for name, source in (("dit", store.dit()), ("text_encoder", store.text_encoder()[0])):
             model = self._models()[name]
             theirs = source.state_dict()
             _load_weights(model, {k: torch.lerp(v.float(), theirs[k].float(), weight) if v.is_floating_point()
                                   else v for k, v in model.state_dict().items()})
-        return ["dit", "text_encoder"]
+
+    def _same_text_encoder(self, other: Preset) -> bool:
+        return (self.preset.text_encoder, self.preset.weights.tokenizer) == (other.text_encoder,
+                                                                             other.weights.tokenizer)
 
     def run(self, phases: list[str] | None = None, prepare_only: bool = False, more: int = 0) -> None:
         """Train the phases not yet done (only ``phases`` if given), resuming from ``out``. With
