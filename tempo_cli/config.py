@@ -330,6 +330,9 @@ class TrainConfig:
     # the swapped ones, so that no target is moved away from its own object's colour (where a triangle's edge
     # cuts a cell the ball fills, the contrast would fade the triangle)
     shape_contrast_spare_objects: bool = False
+    # toy world only: extra DiT loss weight on the latent cells that the clip's shapes decide, up to this much
+    # where swapping its shapes moves the cell's latent by one standard deviation or more (training.shape_cells)
+    shape_focus: float = 0.0
     decoder_steps: int = 0  # after the DiT: the VAE decoder alone on the frozen encoder's latents (0: none)
     decoder_lr: float = 5e-4
     vae_batch_size: int = 0  # 0: batch_size; clips longer than 9 frames come fewer to a batch (at least 2)
@@ -385,9 +388,13 @@ class TrainConfig:
             raise ConfigError(f"train.vae_frames must be clip lengths of 4k+1 frames, got {list(self.vae_frames)}")
         if self.stage2_levels and (min(self.stage2_levels) < 0 or not sum(self.stage2_levels) > 0):
             raise ConfigError(f"train.stage2_levels are weights >= 0 with a positive sum, got {list(self.stage2_levels)}")
-        for name in ("vae_focus", "dit_focus", "shape_contrast"):
+        for name in ("vae_focus", "dit_focus", "shape_contrast", "shape_focus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
+        if self.shape_focus and self.shape_contrast_spare_objects:
+            raise ConfigError("train.shape_focus weighs the cells by the whole shape difference, which "
+                              "train.shape_contrast_spare_objects leaves out where the objects are",
+                              hint="set one of them only")
         if not 0 <= self.contrastive < 1:  # at 1 or more the loss has no minimum: it rewards any velocity far off
             raise ConfigError(f"train.contrastive must be in [0, 1), got {self.contrastive}",
                               hint="the paper uses 0.05")

@@ -475,7 +475,7 @@ class Trainer:
                "seed": str(self.seed), "data": self.source.identity, "intervals": json.dumps(self.preset.video.frame_intervals),
                "layouts": json.dumps({k: getattr(self.cfg, k) for k in layout_fields}),
                **({"shape_contrast": "spare-objects" if self.cfg.shape_contrast_spare_objects else "yes"}
-                  if self.cfg.shape_contrast else {}),
+                  if self._swaps_shapes() else {}),
                **({"length_power": str(float(self.cfg.length_power))} if self.cfg.length_power != 1 else {})}
         # the draw is in the name; settings at their defaults stay out, so caches made before them stay valid
         for old in path.parent.glob(f"{phase}-rank{rank}-draw*.safetensors") if suffix else ():
@@ -488,7 +488,7 @@ class Trainer:
                 meta = f.metadata()
             if all(meta.get(k) == v for k, v in key.items()):
                 self.progress.log(f"{phase}: using the {self.cache_size} encoded clips in {path}")
-                return _read_cache(path, json.loads(meta["captions"]), self.cfg.shape_contrast > 0)
+                return _read_cache(path, json.loads(meta["captions"]), self._swaps_shapes())
         if draw[1] >= DRAW_SPAN:
             raise UsageError(f"train.cache_refresh {self.cfg.cache_refresh} draws more than {DRAW_SPAN} sets of clips "
                              "in one round", hint="refresh less often")
@@ -499,7 +499,7 @@ class Trainer:
         with self.progress.task(f"{phase}: encoding {self.cache_size} clips", self.cache_size) as advance, \
                 torch.autocast(self.device.type, dtype=torch.bfloat16):
             data = training.prepare(self.source, self.vae, self._layouts(phase, draw), offset, advance,
-                                    shape_contrast=self.cfg.shape_contrast > 0,
+                                    shape_contrast=self._swaps_shapes(),
                                     spare_objects=self.cfg.shape_contrast_spare_objects)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{n}.{name}": getattr(g, name) for n, g in data.items()
@@ -507,6 +507,11 @@ class Trainer:
                    if getattr(g, name) is not None}
         atomic_save(tensors, path, {**key, "captions": json.dumps({n: g.captions for n, g in data.items()})})
         return data
+
+    def _swaps_shapes(self) -> bool:
+        """Whether the DiT's clips are also encoded with their shapes swapped (train.shape_contrast or
+        train.shape_focus reads the difference)."""
+        return self.cfg.shape_contrast > 0 or self.cfg.shape_focus > 0
 
     def _train_dit(self, phase: str, steps: int, lr: float, resume) -> None:
         from tempo_cli.models.text_encoder import encode_prompts
@@ -537,7 +542,11 @@ class Trainer:
             noise = training.training_noise(torch_rng, target.shape, step_intervals, self.preset)
             rope = training.rope_positions(torch_rng, step_intervals, target.shape[2], self.cfg.t_max)
             keep = (torch.rand(len(captions), generator=torch_rng) >= self.cfg.caption_dropout).float()
-            weights = (1 + self.cfg.dit_focus * focus).to(self.device) if self.cfg.dit_focus else None
+            weights = None
+            if self.cfg.dit_focus or self.cfg.shape_focus:
+                weights = (1 + self.cfg.dit_focus * focus
+                           + (self.cfg.shape_focus * training.shape_cells(shape_delta) if self.cfg.shape_focus
+                              else 0)).to(self.device)
             exaggerate = (self.cfg.shape_contrast * shape_delta).to(self.device) if self.cfg.shape_contrast else None
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 context = encode_prompts(self.text_encoder, self.tokenizer, captions, text_len, self.device)

@@ -159,8 +159,8 @@ def prepare(source: VideoSource, vae, layouts: Sequence[ClipLayout], first_index
     :func:`contrast_cells`.
     """
     if shape_contrast and not hasattr(source, "swapped_clip"):
-        raise ConfigError("train.shape_contrast needs the toy world's data (--data toyworld): it renders each clip "
-                          "again with its shapes swapped")
+        raise ConfigError("train.shape_contrast and train.shape_focus need the toy world's data (--data toyworld): "
+                          "it renders each clip again with its shapes swapped")
     param = next(vae.parameters())
     by_length: dict[int, list[int]] = {}
     for i, layout in enumerate(layouts):
@@ -414,6 +414,14 @@ def contrast_cells(video: torch.Tensor, swapped: torch.Tensor, spatial: int, tem
 
     own = objects(video)
     return ((cells(own) == 0) | (cells(own - objects(swapped)) > 0)).to(video.dtype)
+
+
+def shape_cells(delta: torch.Tensor) -> torch.Tensor:
+    """How much each latent cell is decided by the clip's shapes, from :attr:`Prepared.shape_delta` ``[B, z, F, h,
+    w]``: the root mean square of the difference over the latent channels, capped at 1 (one standard deviation of
+    the normalised latents), ``[B, 1, F, h, w]``. Near 0 in the background and the objects' insides, where a
+    swapped shape leaves the latent as it was; near 1 at the outlines that set a square, ball or triangle apart."""
+    return delta.float().square().mean(dim=1, keepdim=True).sqrt().clamp(max=1)
 
 
 def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0,

@@ -184,7 +184,7 @@ def test_prepare_with_shape_contrast_keeps_each_clip_less_its_shapes_swapped():
         def clip(self, index, frames):
             return source.clip(index, frames)
 
-    with pytest.raises(ConfigError, match="shape_contrast needs the toy world"):
+    with pytest.raises(ConfigError, match="shape_focus need the toy world"):
         training.prepare(Videos(), vae, layouts, 0, shape_contrast=True)
 
 
@@ -229,6 +229,23 @@ def test_contrast_cells_spare_the_cells_where_the_own_object_is_no_larger():
     assert cells[0, 0, :, 1, 0].tolist() == [0, 0]  # the other's is larger: the contrast would fade this one
     assert cells[0, 0, :, 1, 1].tolist() == [1, 1]  # background here: the other shape is pushed away
     assert cells[0, 0, :, 0, 1].tolist() == [1, 0]  # frame 0 shows nothing there; frames 1-4 the same in both
+
+
+def test_shape_cells_weigh_where_swapping_the_shapes_moves_the_latent(tiny_train):
+    delta = torch.zeros(2, 4, 3, 2, 2)
+    delta[0, :, 1, 0, 0] = torch.tensor([0.5, -0.5, 0.5, -0.5])  # moved by half a standard deviation
+    delta[0, :2, 2, 1, 1] = 3.0  # moved far: capped at 1
+    delta[1, 0, 0, 0, 1] = 1.0  # one channel of four: rms 0.5
+    cells = training.shape_cells(delta.bfloat16())
+    assert cells.shape == (2, 1, 3, 2, 2) and cells.dtype == torch.float32
+    assert cells[0, 0, 1, 0, 0].item() == pytest.approx(0.5)
+    assert cells[0, 0, 2, 1, 1].item() == 1.0
+    assert cells[1, 0, 0, 0, 1].item() == pytest.approx(0.5)
+    assert cells.sum().item() == pytest.approx(2.0)  # nothing else: the cells the shapes leave alone weigh 0
+    with pytest.raises(ConfigError, match="train.shape_focus must not be negative"):
+        load_preset("tiny-train", ["train.shape_focus=-1"])
+    with pytest.raises(ConfigError, match="set one of them only"):
+        load_preset("tiny-train", ["train.shape_focus=2", "train.shape_contrast_spare_objects=true"])
 
 
 def test_latent_focus_marks_the_cells_that_show_an_object():
@@ -489,11 +506,12 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
     assert main(args + ["--phase", "vae", "--more", "2"]) == 2  # the DiT learnt this VAE's latents
     plain_terms, asked = training.flow_matching_terms, []
 
-    exaggerated = []
+    exaggerated, weighed = [], []
 
     def recorded(*a, **kw):
         asked.append(a[-1])
         exaggerated.append(kw.get("exaggerate") is not None)
+        weighed.append(a[-2])
         return plain_terms(*a, **kw)
 
     monkeypatch.setattr(training, "flow_matching_terms", recorded)
@@ -541,6 +559,17 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
                         "--set", "train.shape_contrast_spare_objects=true"]) == 0
     with safe_open(str(out / "cache" / "stage2-rank0-draw4.0.safetensors"), "pt") as f:
         assert f.metadata()["shape_contrast"] == "spare-objects"  # its deltas are not those of a plain cache
+    # shape focus: the same swapped clips, read as loss weights; the flow is left as it is
+    exaggerated.clear()
+    weighed.clear()
+    assert main(args + ["--phase", "stage2", "--more", "1", "--set", "train.shape_focus=4"]) == 0
+    assert exaggerated == [False]
+    with safe_open(str(out / "cache" / "stage2-rank0-draw5.0.safetensors"), "pt") as f:
+        assert f.metadata()["shape_contrast"] == "yes"  # the plain deltas, shared with train.shape_contrast
+        assert any(k.endswith(".shape_delta") for k in f.keys())
+    weights = weighed[-1]
+    assert weights is not None and weights.min() >= 1 and weights.max() <= 5  # 1 + up to 4 where shapes decide
+    assert weights.max() > weights.min() + 0.1  # the cells weigh differently
     # another length_power draws other clip lengths: the first round's clips are encoded anew
     capsys.readouterr()
     assert main(args[:-1] + ["--prepare", "--set", "train.length_power=0"]) == 0
