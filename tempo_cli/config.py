@@ -55,6 +55,10 @@ class DiTConfig:
     eps: float = 1e-6
     patch_size: tuple[int, int, int] = (1, 2, 2)
     prediction: str = "velocity"
+    # not in the release: the mean of the prompt's token embeddings, projected, is added to the time embedding, so
+    # every block's modulation (not only its cross-attention) reads the prompt, as pooled text vectors do in SD3
+    # and FLUX; the projection starts at zero, so a DiT trained without it computes the same at first
+    text_pool: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))

@@ -156,14 +156,29 @@ class Trainer:
     """Trains the networks of ``preset`` (random initialisation from its seed) into ``out``."""
 
     def __init__(self, preset: Preset, out: Path, source: training.VideoSource, *, device: torch.device,
-                 progress: Progress, seed: int = 0, cache_size: int = 512, export_dtype: torch.dtype = torch.float32):
+                 progress: Progress, seed: int = 0, cache_size: int = 512, export_dtype: torch.dtype = torch.float32,
+                 replaced: str = ""):
+        """The networks start from the preset's weights (random ones from its seed, or its files). ``replaced``
+        says why they will be replaced: "checkpoint" (a run resumed: they start random, whatever the preset's
+        files are) or "init" (``--init``: they start random only if the preset's files do not fit the networks,
+        as after ``--set dit.text_pool=true``, and stay so where ``--init`` does not replace them)."""
+        from tempo_cli.config import WeightsConfig
         from tempo_cli.runtime import ModelStore
 
         self.preset, self.out, self.source, self.device = preset, out, source, device
         self.progress, self.seed, self.cache_size, self.export_dtype = progress, seed, cache_size, export_dtype
         self.cfg = training.stage_plan(preset) and preset.train
-        store = ModelStore(preset, device, torch.float32)  # random init from the preset's seed; fp32 master weights
-        self.vae, self.dit = store.vae().train(), store.dit().train()
+        drawn = dataclasses.replace(preset, weights=WeightsConfig(random_seed=0, tokenizer=preset.weights.tokenizer))
+        store = ModelStore(drawn if replaced == "checkpoint" else preset, device, torch.float32)  # fp32 masters
+        try:
+            vae, dit = store.vae(), store.dit()
+        except CheckpointError:
+            if replaced != "init":
+                raise
+            progress.log(f"{preset.name}'s weight files do not fit its networks as set; they start random")
+            store = ModelStore(drawn, device, torch.float32)
+            vae, dit = store.vae(), store.dit()
+        self.vae, self.dit = vae.train(), dit.train()
         self.text_encoder, self.tokenizer = store.text_encoder()
         self.text_encoder.train()
         for model in (self.vae, self.dit, self.text_encoder):
@@ -244,15 +259,19 @@ class Trainer:
                 # the same tensors whatever the head is trained to predict: a new target is learnt on from them; a
                 # deeper DiT of the same kind grows from the trained one (depth up-scaling, grow_blocks), and one
                 # with finer spatial patches is split from it (repatch)
+                # and a pooled-text projection (DiTConfig.text_pool) is added at zero
                 "dit": self.preset.dit == dataclasses.replace(trained.dit, prediction=self.preset.dit.prediction,
                                                               num_layers=max(layers, trained.dit.num_layers),
-                                                              patch_size=self.preset.dit.patch_size)
+                                                              patch_size=self.preset.dit.patch_size,
+                                                              text_pool=self.preset.dit.text_pool)
                 and (tuple(self.preset.dit.patch_size) == tuple(trained.dit.patch_size)
-                     or finer_patches(trained.dit.patch_size, self.preset.dit.patch_size)),
+                     or finer_patches(trained.dit.patch_size, self.preset.dit.patch_size))
+                and (self.preset.dit.text_pool or not trained.dit.text_pool),
                 "text_encoder": self._same_text_encoder(trained)}
         taken = [name for name in ("vae", "text_encoder", "dit") if same[name]]
         grown = "dit" in taken and layers > trained.dit.num_layers
         split = "dit" in taken and tuple(self.preset.dit.patch_size) != tuple(trained.dit.patch_size)
+        pooled = "dit" in taken and self.preset.dit.text_pool and not trained.dit.text_pool
         for name in taken:
             source = store.text_encoder()[0] if name == "text_encoder" else getattr(store, name)()
             tensors = source.state_dict()
@@ -261,6 +280,8 @@ class Trainer:
             if name == "dit" and split:
                 tensors = repatch(tensors, tuple(trained.dit.patch_size), tuple(self.preset.dit.patch_size),
                                   self.preset.dit.out_dim)
+            if name == "dit" and pooled:  # the new projection keeps its zero start
+                tensors = {**tensors, **{k: v for k, v in self.dit.state_dict().items() if k.startswith("text_pool.")}}
             _load_weights(self._models()[name], tensors)
         if "vae" in taken:
             self.state = dataclasses.replace(self.state, done=("vae",), latents_mean=stats["latents_mean"],
@@ -274,7 +295,8 @@ class Trainer:
                           + (f"; its {list(trained.dit.patch_size)} patches are split into "
                              f"{list(self.preset.dit.patch_size)}" if split else "")
                           + (f"; its DiT predicted the {trained.dit.prediction}, this one learns to predict the "
-                             f"{self.preset.dit.prediction}" if switched else ""))
+                             f"{self.preset.dit.prediction}" if switched else "")
+                          + ("; the pooled prompt (dit.text_pool) joins its time embedding at zero" if pooled else ""))
         distributed.barrier()  # every rank has looked for an earlier run before rank 0 writes this one
         self.save_checkpoint()
         return taken

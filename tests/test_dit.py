@@ -177,6 +177,39 @@ def test_a_sample_predicting_head_is_turned_into_the_velocity():
         dataclasses.replace(config, prediction="epsilon")
 
 
+def test_a_pooled_prompt_joins_the_time_embedding_from_zero():
+    """dit.text_pool: the mean of the prompt's tokens (those it has), projected, is added to the time embedding;
+    the projection starts at zero, so the DiT computes what it did without it."""
+    import dataclasses
+
+    from tempo_cli.models.dit import pooled_prompt
+
+    config, plain, _ = velocity_and_sample_models()
+    pooled_model = MultiMaskDiT(dataclasses.replace(config, text_pool=True))
+    missing = pooled_model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["text_pool.bias", "text_pool.weight"]
+    assert not pooled_model.text_pool.weight.any() and not pooled_model.text_pool.bias.any()
+    x, y = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 20, 2, 4, 4)
+    ctx, pos, steps = torch.randn(2, 3, config.text_dim), torch.tensor([[0, 4], [2, 6]]), torch.tensor([600.0, 300.0])
+    ctx[0, 2] = 0  # the first prompt has two tokens
+    pooled = pooled_prompt(ctx)
+    torch.testing.assert_close(pooled[0], ctx[0, :2].mean(dim=0))
+    torch.testing.assert_close(pooled[1], ctx[1].mean(dim=0))
+    assert not pooled_prompt(torch.zeros(1, 3, config.text_dim)).any()  # a dropped caption pools to zero
+    with torch.no_grad():
+        torch.testing.assert_close(pooled_model(x, steps, ctx, y, pos), plain(x, steps, ctx, y, pos))
+        torch.nn.init.normal_(pooled_model.text_pool.weight)
+        changed = pooled_model(x, steps, ctx, y, pos)
+        assert not torch.allclose(changed, plain(x, steps, ctx, y, pos), atol=1e-3)
+        # it reads the prompt through its pooled mean only: the tokens' order does not matter to it, so a
+        # model whose cross-attention is shut (its output projections zero) gives the same for reversed tokens
+        for block in pooled_model.blocks:
+            torch.nn.init.zeros_(block.cross_attn.o.weight)
+            torch.nn.init.zeros_(block.cross_attn.o.bias)
+        torch.testing.assert_close(pooled_model(x, steps, ctx[:, [1, 0, 2]][[1]].expand(2, -1, -1), y, pos)[1],
+                                   pooled_model(x, steps, ctx, y, pos)[1])
+
+
 def test_one_timestep_per_latent_frame(golden):
     """[B, F] timesteps (Wan2.2's per-token timesteps, a frame at a time): equal columns are the [B] run; frames at
     their own times get their own modulation (with no blocks, each frame is what a run at its time gives it)."""

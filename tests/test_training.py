@@ -741,6 +741,30 @@ def test_init_takes_a_dit_over_to_a_new_prediction_target(tmp_path, tiny_train, 
     assert all(torch.allclose(after[k].float(), v.float(), atol=1e-5) for k, v in before.items())  # lr ~0: as taken
 
 
+def test_init_adds_a_pooled_prompt_to_a_trained_preset_whose_files_lack_it(tmp_path, tiny_train, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    steps = ["--data", "toyworld:3", "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1"]
+    assert main(["train", "--preset", "tiny-train", "--out", str(first), "--init", "tiny-random", *steps]) == 0
+    trained = str(first / "preset.yaml")  # a preset with weight files, whose DiT has no text_pool
+    args = ["train", "--preset", trained, "--set", "dit.text_pool=true", "--out", str(second), *steps,
+            "--set", "train.stage1_lr=1e-9"]
+    capsys.readouterr()
+    assert main(args + ["--init", trained]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "preset's weight files do not fit its networks as set; they start random" in err
+    assert "s vae, text_encoder, dit (the VAE phase counts as done); the pooled prompt " \
+           "(dit.text_pool) joins its time embedding at zero" in err
+    before, after = load_file_tensors(first / "dit.safetensors"), load_file_tensors(second / "dit.safetensors")
+    assert after["text_pool.weight"].abs().max() < 1e-6  # lr ~0: as it started
+    assert all(torch.allclose(after[k].float(), v.float(), atol=1e-5) for k, v in before.items())
+    assert load_preset(str(second / "preset.yaml")).dit.text_pool
+    # resuming builds the networks without the preset's files: the checkpoint holds them all
+    assert main(args + ["--more", "1"]) == 0
+    assert main(["train", "--preset", trained, "--set", "dit.text_pool=true", "--out", str(tmp_path / "third"),
+                 *steps]) == 1  # a new run without --init starts from the preset's files, which do not fit
+    assert "does not fit MultiMaskDiT" in capsys.readouterr().err
+
+
 def test_the_ema_warms_up_so_a_random_initialisation_fades_out_of_it():
     assert training.ema_decay_at(0.999, 0) == pytest.approx(0.1)
     decays = [training.ema_decay_at(0.999, step) for step in range(20_000)]

@@ -201,6 +201,13 @@ class Head(nn.Module):
         return self.head(h.flatten(1, 2).to(self.head.weight.dtype))
 
 
+def pooled_prompt(context: torch.Tensor) -> torch.Tensor:
+    """The mean of a prompt's token embeddings ``[B, L, text_dim] -> [B, text_dim]``, over the tokens it has
+    (:func:`encode_prompts` zeroes the rest); zero for a prompt with none (a dropped caption)."""
+    present = context.abs().amax(dim=-1, keepdim=True).gt(0).to(context.dtype)  # [B, L, 1]
+    return (context * present).sum(dim=1) / present.sum(dim=1).clamp_min(1)
+
+
 class MultiMaskDiT(nn.Module):
     """``forward(x, timestep, context, y, frame_positions) -> velocity`` (see :meth:`forward`)."""
 
@@ -213,6 +220,10 @@ class MultiMaskDiT(nn.Module):
                                             nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        if config.text_pool:
+            self.text_pool = nn.Linear(config.text_dim, dim)
+            nn.init.zeros_(self.text_pool.weight)
+            nn.init.zeros_(self.text_pool.bias)
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.num_layers))
         self.head = Head(config)
 
@@ -255,6 +266,8 @@ class MultiMaskDiT(nn.Module):
         per_frame = timestep.shape
         t = self.time_embedding(timestep_embedding(timestep.reshape(-1), cfg.freq_dim).to(dtype)).float()
         t = t.unflatten(0, per_frame)  # [B|1, 1|f, dim]
+        if cfg.text_pool:
+            t = t + self.text_pool(pooled_prompt(context).to(dtype)).float()[:, None]
         t_mod = self.time_projection(t.to(dtype)).float().unflatten(-1, (6, cfg.dim))  # [B|1, 1|f, 6, dim]
         context = self.text_embedding(context.to(dtype))
         if context.shape[0] != b:
