@@ -100,7 +100,8 @@ class DiTConfig:
         time = self.freq_dim * d + d + d * d + d + d * 6 * d + 6 * d
         block = 8 * (d * d + d) + 4 * d + 2 * d + (d * f + f) + (f * d + d) + 6 * d
         head = d * self.out_dim * math.prod(self.patch_size) + self.out_dim * math.prod(self.patch_size) + 2 * d
-        return patch + text + time + self.num_layers * block + head
+        pool = self.text_dim * d + d if self.text_pool else 0
+        return patch + text + time + pool + self.num_layers * block + head
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,8 @@ def test_official_config_matches_manifest_on_meta(reference):
     manifest = json.loads((reference / "checkpoint_manifest.json").read_text())
     official = manifest["dit_config"]
     assert TEMPOMASTER_14B_DIT.prediction == "velocity"  # the release's head outputs the velocity itself
-    for field in set(DiTConfig.__dataclass_fields__) - {"prediction"}:
+    assert not TEMPOMASTER_14B_DIT.text_pool  # and has no pooled prompt
+    for field in set(DiTConfig.__dataclass_fields__) - {"prediction", "text_pool"}:
         expected = official[field]
         assert list(getattr(TEMPOMASTER_14B_DIT, field)) == expected if field == "patch_size" else \
             getattr(TEMPOMASTER_14B_DIT, field) == expected, field
@@ -186,6 +187,7 @@ def test_a_pooled_prompt_joins_the_time_embedding_from_zero():
 
     config, plain, _ = velocity_and_sample_models()
     pooled_model = MultiMaskDiT(dataclasses.replace(config, text_pool=True))
+    assert sum(p.numel() for p in pooled_model.parameters()) == pooled_model.config.num_parameters()
     missing = pooled_model.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert sorted(missing) == ["text_pool.bias", "text_pool.weight"]
     assert not pooled_model.text_pool.weight.any() and not pooled_model.text_pool.bias.any()
