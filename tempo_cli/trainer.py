@@ -153,7 +153,7 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
 
 
 class Trainer:
-    """Trains the networks of ``preset`` (random initialisation from its seed) into ``out``."""
+    """Trains the networks of ``preset`` (from its weights: random ones from its seed, or its files) into ``out``."""
 
     def __init__(self, preset: Preset, out: Path, source: training.VideoSource, *, device: torch.device,
                  progress: Progress, seed: int = 0, cache_size: int = 512, export_dtype: torch.dtype = torch.float32,
