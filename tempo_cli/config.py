@@ -338,6 +338,12 @@ class TrainConfig:
     # toy world only: extra DiT loss weight on the latent cells that the clip's shapes decide, up to this much
     # where swapping its shapes moves the cell's latent by one standard deviation or more (training.shape_cells)
     shape_focus: float = 0.0
+    # caption contrast: each step the DiT also sees each clip under its caption with the shape words swapped (ball ->
+    # square -> triangle -> ball), and this weight times a hinge asks that velocity to miss the clip's flow by
+    # caption_contrast_margin more (relative) than the own caption's does (0: off; captions without shape words
+    # are left out)
+    caption_contrast: float = 0.0
+    caption_contrast_margin: float = 0.25
     decoder_steps: int = 0  # after the DiT: the VAE decoder alone on the frozen encoder's latents (0: none)
     decoder_lr: float = 5e-4
     vae_batch_size: int = 0  # 0: batch_size; clips longer than 9 frames come fewer to a batch (at least 2)
@@ -393,7 +399,8 @@ class TrainConfig:
             raise ConfigError(f"train.vae_frames must be clip lengths of 4k+1 frames, got {list(self.vae_frames)}")
         if self.stage2_levels and (min(self.stage2_levels) < 0 or not sum(self.stage2_levels) > 0):
             raise ConfigError(f"train.stage2_levels are weights >= 0 with a positive sum, got {list(self.stage2_levels)}")
-        for name in ("vae_focus", "dit_focus", "shape_contrast", "shape_focus"):
+        for name in ("vae_focus", "dit_focus", "shape_contrast", "shape_focus", "caption_contrast",
+                     "caption_contrast_margin"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.shape_focus and self.shape_contrast_spare_objects:

@@ -33,6 +33,7 @@ COLOURS = {
     "white": (240, 240, 240), "purple": (160, 60, 200), "orange": (245, 140, 30), "cyan": (40, 210, 220),
 }
 SHAPES = ("ball", "square", "triangle")
+SHAPE_CYCLE = {shape: SHAPES[(i + 1) % len(SHAPES)] for i, shape in enumerate(SHAPES)}  # ball -> square -> ...
 MOTIONS = ("moving left", "moving right", "moving up", "moving down", "bouncing", "circling", "standing still")
 BACKGROUNDS = {"black": (0, 0, 0), "gray": (90, 90, 90), "dark blue": (15, 20, 70), "dark green": (15, 55, 25)}
 FPS = 24

@@ -537,6 +537,8 @@ class Trainer:
 
     def _train_dit(self, phase: str, steps: int, lr: float, resume) -> None:
         from tempo_cli.models.text_encoder import encode_prompts
+        from tempo_cli.probes import swap_words
+        from tempo_cli.toyworld import SHAPE_CYCLE
 
         current: dict = {}  # the draw of clips trained on now, and its batches
 
@@ -570,17 +572,28 @@ class Trainer:
                            + (self.cfg.shape_focus * training.shape_cells(shape_delta) if self.cfg.shape_focus
                               else 0)).to(self.device)
             exaggerate = (self.cfg.shape_contrast * shape_delta).to(self.device) if self.cfg.shape_contrast else None
+            others = [swap_words(c, SHAPE_CYCLE) for c in captions] if self.cfg.caption_contrast else None
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 context = encode_prompts(self.text_encoder, self.tokenizer, captions, text_len, self.device)
                 context = context * keep.to(self.device)[:, None, None]  # a dropped caption: the empty prompt
-                flow, other = training.flow_matching_terms(self.dit, target.to(self.device),
-                                                           condition.to(self.device), context, rope.to(self.device),
-                                                           t.to(self.device), noise.to(self.device), weights,
-                                                           self.cfg.contrastive > 0, exaggerate=exaggerate)
-            # the loss the optimiser sees can go negative; the log keeps both terms, the first one comparable
+                swapped_context = swapped = None
+                if others is not None:  # a dropped caption, or one without shape words, has nothing to swap
+                    swapped = keep * torch.tensor([o != c for o, c in zip(others, captions)]).float()
+                    swapped_context = encode_prompts(self.text_encoder, self.tokenizer, others, text_len, self.device)
+                terms = training.flow_matching_terms(self.dit, target.to(self.device), condition.to(self.device),
+                                                     context, rope.to(self.device), t.to(self.device),
+                                                     noise.to(self.device), weights, self.cfg.contrastive > 0,
+                                                     exaggerate=exaggerate, swapped_context=swapped_context,
+                                                     swapped=None if swapped is None else swapped.to(self.device),
+                                                     margin=self.cfg.caption_contrast_margin)
+            # the loss the optimiser sees can go negative; the log keeps the terms, the first one comparable
             # with runs trained without the contrastive term
-            info = {} if other is None else {"flow": flow.detach(), "other": other.detach()}  # read when logged
-            return training.contrastive_loss(flow, other, self.cfg.contrastive), info
+            info = {} if terms.other is None else {"flow": terms.flow.detach(), "other": terms.other.detach()}
+            loss = training.contrastive_loss(terms.flow, terms.other, self.cfg.contrastive)
+            if terms.caption is not None:
+                info = {"flow": terms.flow.detach(), **info, "caption": terms.caption.detach()}
+                loss = loss + self.cfg.caption_contrast * terms.caption
+            return loss, info  # the info's tensors are read when logged
 
         self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)
 

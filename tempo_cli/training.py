@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -278,10 +278,20 @@ def training_noise(rng: torch.Generator, shape: Sequence[int], intervals: torch.
     return correlate_frames(noise, correlation, cfg.noise_prior, rng)
 
 
+class FlowTerms(NamedTuple):
+    """The terms of :func:`flow_matching_terms`: the own error, the error against another sample's flow and the
+    caption margin term, each ``None`` where not asked for."""
+
+    flow: torch.Tensor
+    other: torch.Tensor | None = None
+    caption: torch.Tensor | None = None
+
+
 def flow_matching_terms(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
                         rope: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                         weights: torch.Tensor | None = None, against_other: bool = False,
-                        exaggerate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        exaggerate: torch.Tensor | None = None, swapped_context: torch.Tensor | None = None,
+                        swapped: torch.Tensor | None = None, margin: float = 0.25) -> FlowTerms:
     """The error of ``v(z_t, t)`` against the flow ``noise - target``, with ``z_t = (1 - t) target + t noise``; t in
     [0, 1], ``[B]``, or ``[B, F]`` for a time per latent frame. ``weights [B, 1, F, h, w]`` (optional) weigh the
     latent cells: each term is a weighted mean of squared errors over them.
@@ -297,7 +307,13 @@ def flow_matching_terms(dit, target: torch.Tensor, condition: torch.Tensor, cont
 
     ``exaggerate`` (shape contrast, ``[B, z, F, h, w]``) is added to the clean latent the flow leads to, not to
     the one ``z_t`` is made from: the DiT learns to draw what sets a clip apart from others (its shapes, with
-    ``train.shape_contrast`` times :attr:`Prepared.shape_delta`) more strongly than the clip holds it."""
+    ``train.shape_contrast`` times :attr:`Prepared.shape_delta`) more strongly than the clip holds it.
+
+    ``swapped_context`` (caption contrast, ``[B, L, text_dim]``): the same samples' captions with a word swapped
+    (their shapes, by ``train.caption_contrast``), for the samples where ``swapped [B]`` is 1. The DiT runs once
+    more on them, and the caption term is the mean over those samples of how far their error under the swapped
+    caption stays below ``1 + margin`` times their own error (which it does not move): a hinge that asks the
+    swapped caption's velocity to miss this clip's flow, where the swapped caption is other clips' own."""
     tt = t.reshape(t.shape[0], 1, -1, 1, 1)
     z_t = (1 - tt) * target + tt * noise
     velocity = dit(z_t, t * 1000, context, condition, rope).float()
@@ -310,7 +326,15 @@ def flow_matching_terms(dit, target: torch.Tensor, condition: torch.Tensor, cont
         return (weights * (velocity - towards).square()).sum() / total
 
     other = mean_error(flow.roll(1, dims=0)) if against_other and len(flow) > 1 else None
-    return mean_error(flow), other
+    caption = None
+    if swapped_context is not None and swapped is not None and bool(swapped.any()):
+        by_sample = weights.flatten(1).sum(dim=1).clamp_min(1e-12)
+        own = (weights * (velocity - flow).square()).flatten(1).sum(dim=1) / by_sample
+        other_velocity = dit(z_t, t * 1000, swapped_context, condition, rope).float()
+        miss = (weights * (other_velocity - flow).square()).flatten(1).sum(dim=1) / by_sample
+        gap = torch.relu((1 + margin) * own.detach() - miss)
+        caption = (gap * swapped).sum() / swapped.sum()
+    return FlowTerms(mean_error(flow), other, caption)
 
 
 def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
@@ -322,8 +346,8 @@ def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, conte
     the flow of another sample in the batch, so that the velocity is pushed away from what other captions and
     conditions lead to, not only towards its own flow; a batch of one keeps the plain loss. The loss can then be
     negative."""
-    flow, other = flow_matching_terms(dit, target, condition, context, rope, t, noise, weights, contrastive > 0)
-    return contrastive_loss(flow, other, contrastive)
+    terms = flow_matching_terms(dit, target, condition, context, rope, t, noise, weights, contrastive > 0)
+    return contrastive_loss(terms.flow, terms.other, contrastive)
 
 
 def contrastive_loss(flow: torch.Tensor, other: torch.Tensor | None, contrastive: float) -> torch.Tensor:

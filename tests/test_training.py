@@ -201,12 +201,12 @@ def test_shape_contrast_moves_the_flow_target_not_the_input(tiny_train):
 
     model = Recording()
     model.v = noise - (target + exaggerate)  # the flow towards the exaggerated clean latent
-    flow, _ = training.flow_matching_terms(model, target, None, None, None, t, noise, exaggerate=exaggerate)
+    flow = training.flow_matching_terms(model, target, None, None, None, t, noise, exaggerate=exaggerate).flow
     assert flow.item() == pytest.approx(0, abs=1e-12)
     tt = t.view(2, 1, 1, 1, 1)
     torch.testing.assert_close(seen[-1], (1 - tt) * target + tt * noise)  # made from the clip as it is
     model.v = noise - target
-    flow, _ = training.flow_matching_terms(model, target, None, None, None, t, noise, exaggerate=exaggerate)
+    flow = training.flow_matching_terms(model, target, None, None, None, t, noise, exaggerate=exaggerate).flow
     assert flow.item() == pytest.approx(exaggerate.square().mean().item(), rel=1e-5)
     with pytest.raises(ConfigError, match="train.shape_contrast must not be negative"):
         load_preset("tiny-train", ["train.shape_contrast=-1"])
@@ -285,6 +285,35 @@ class FixedVelocity(torch.nn.Module):
 
     def forward(self, z_t, t, context, y, rope):
         return self.v
+
+
+def test_caption_contrast_asks_the_swapped_captions_velocity_to_miss_the_flow():
+    torch.manual_seed(0)
+    target, noise, t = torch.randn(3, 4, 2, 2, 2), torch.randn(3, 4, 2, 2, 2), torch.tensor([0.3, 0.7, 0.5])
+    flow = noise - target
+    own_v, swap_v = flow + 0.1 * torch.randn_like(flow), flow + 0.1 * torch.randn_like(flow)
+    swap_v[1] = flow[1] + 3.0  # sample 1's swapped caption already leads far from its flow
+
+    class ByCaption(torch.nn.Module):  # the own velocity for context 0, the swapped one for context 1
+        def forward(self, z_t, t, context, y, rope):
+            return own_v if context.flatten().eq(0).all() else swap_v
+
+    own_context, swapped_context = torch.zeros(3, 2, 8), torch.ones(3, 2, 8)
+    swapped = torch.tensor([1.0, 1.0, 0.0])  # sample 2 has nothing to swap
+    terms = training.flow_matching_terms(ByCaption(), target, None, own_context, None, t, noise,
+                                         swapped_context=swapped_context, swapped=swapped, margin=0.25)
+    own = (own_v - flow).square().flatten(1).mean(dim=1)
+    miss = (swap_v - flow).square().flatten(1).mean(dim=1)
+    assert terms.flow.item() == pytest.approx(own.mean().item(), rel=1e-5)
+    gaps = torch.relu(1.25 * own - miss)
+    assert gaps[1] == 0  # far enough already
+    assert terms.caption.item() == pytest.approx(gaps[:2].mean().item(), rel=1e-5)
+    assert terms.other is None
+    none_swapped = training.flow_matching_terms(ByCaption(), target, None, own_context, None, t, noise,
+                                                swapped_context=swapped_context, swapped=torch.zeros(3))
+    assert none_swapped.caption is None  # no second pass for a batch with nothing to swap
+    with pytest.raises(ConfigError, match="train.caption_contrast_margin must not be negative"):
+        TrainConfig(stage1_steps=1, stage1_lr=1e-3, stage2_steps=1, stage2_lr=1e-3, caption_contrast_margin=-0.1)
 
 
 def test_flow_matching_loss_is_zero_for_the_exact_velocity():
@@ -506,12 +535,13 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
     assert main(args + ["--phase", "vae", "--more", "2"]) == 2  # the DiT learnt this VAE's latents
     plain_terms, asked = training.flow_matching_terms, []
 
-    exaggerated, weighed = [], []
+    exaggerated, weighed, swapped_contexts = [], [], []
 
     def recorded(*a, **kw):
         asked.append(a[-1])
         exaggerated.append(kw.get("exaggerate") is not None)
         weighed.append(a[-2])
+        swapped_contexts.append(kw.get("swapped_context"))
         return plain_terms(*a, **kw)
 
     monkeypatch.setattr(training, "flow_matching_terms", recorded)
@@ -570,6 +600,12 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
     weights = weighed[-1]
     assert weights is not None and weights.min() >= 1 and weights.max() <= 5  # 1 + up to 4 where shapes decide
     assert weights.max() > weights.min() + 0.1  # the cells weigh differently
+    # caption contrast: the captions with their shapes swapped reach the loss, and the log shows the term
+    capsys.readouterr()
+    assert main(args[:-1] + ["--phase", "stage2", "--more", "1", "--set", "train.caption_contrast=0.5"]) == 0
+    assert swapped_contexts[-1] is not None and all(c is None for c in swapped_contexts[:-1])  # only when asked
+    assert re.search(r"stage2 step \d+: loss \S+ \(smoothed \S+\) flow \S+ caption \S+",
+                     " ".join(capsys.readouterr().err.split()))
     # another length_power draws other clip lengths: the first round's clips are encoded anew
     capsys.readouterr()
     assert main(args[:-1] + ["--prepare", "--set", "train.length_power=0"]) == 0
