@@ -39,7 +39,8 @@ from tempo_cli.conditions import condition_latents
 from tempo_cli.evaluation import adherence, adherence_summary, prompt_set, track
 from tempo_cli.models.text_encoder import encode_prompts
 from tempo_cli.options import open_session
-from tempo_cli.toyworld import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, ObjectSpec, SceneSpec, render, scene_from_caption
+from tempo_cli.toyworld import (BACKGROUNDS, COLOURS, MOTIONS, SHAPE_CYCLE, SHAPES, ObjectSpec, SceneSpec, render,
+                                scene_from_caption)
 from tempo_cli.training import to_video
 
 DIRECTIONS = ("moving left", "moving right", "moving up", "moving down")
@@ -115,7 +116,6 @@ def high_noise(session, count: int) -> None:
 
 
 MOTION_SWAP = {"left": "right", "right": "left", "up": "down", "down": "up"}
-SHAPE_SWAP = {"ball": "square", "square": "triangle", "triangle": "ball"}
 
 
 @torch.no_grad()
@@ -143,7 +143,7 @@ def caption_swaps(session, count: int) -> None:
     conditioned = condition_latents(vae, videos * given[:, None, :, None, None], given)
     variants = {"own caption": captions, "motion swapped": [probes.swap_words(c, MOTION_SWAP) for c in captions],
                 "colour swapped": [probes.swap_words(c, colour_swap) for c in captions],
-                "shape swapped": [probes.swap_words(c, SHAPE_SWAP) for c in captions]}
+                "shape swapped": [probes.swap_words(c, SHAPE_CYCLE) for c in captions]}
     contexts = {name: encode_prompts(encoder, tokenizer, texts) for name, texts in variants.items()}
     later = slice(2, None)
     for t in (0.5, 0.8, 0.9, 0.95, 0.98):

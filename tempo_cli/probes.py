@@ -19,12 +19,12 @@ its videos. ``benchmarks/toy_probes.py`` prints them for a preset.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 
 from tempo_cli.models.dit import patch_values
-from tempo_cli.toyworld import DetectedObject
+from tempo_cli.toyworld import DetectedObject, swap_words
 from tempo_cli.training import flow_matching_loss
 
 
@@ -80,12 +80,6 @@ def track_spread(tracks: Sequence[Sequence[DetectedObject | None]]) -> float:
                  for i, first in enumerate(tracks) for second in tracks[i + 1:]
                  for a, b in zip(first, second) if a is not None and b is not None]
     return sum(distances) / len(distances) if distances else math.nan
-
-
-def swap_words(caption: str, mapping: Mapping[str, str]) -> str:
-    """``caption`` with every word that is a key of ``mapping`` replaced by its value, all in one pass (so a
-    mapping that sends ``left`` to ``right`` and ``right`` to ``left`` swaps them)."""
-    return " ".join(mapping.get(word, word) for word in caption.split(" "))
 
 
 @torch.no_grad()

@@ -291,6 +291,12 @@ _OBJECT = re.compile(rf"an? ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) ({'|'.joi
 _CAPTION = re.compile(rf"(.+) on an? ({'|'.join(BACKGROUNDS)}) background\.?")
 
 
+def swap_words(caption: str, mapping: Mapping[str, str]) -> str:
+    """``caption`` with every word that is a key of ``mapping`` replaced by its value, all in one pass (so a
+    mapping that sends ``left`` to ``right`` and ``right`` to ``left`` swaps them)."""
+    return " ".join(mapping.get(word, word) for word in caption.split(" "))
+
+
 def parse_caption(text: str) -> tuple[list[tuple[str, str, str]], str]:
     """A caption in the toy world's template -> ([(colour, shape, motion) per object], background). Case and
     spacing are free, "an" may stand for "a", and a final full stop is allowed."""

@@ -537,8 +537,7 @@ class Trainer:
 
     def _train_dit(self, phase: str, steps: int, lr: float, resume) -> None:
         from tempo_cli.models.text_encoder import encode_prompts
-        from tempo_cli.probes import swap_words
-        from tempo_cli.toyworld import SHAPE_CYCLE
+        from tempo_cli.toyworld import SHAPE_CYCLE, swap_words
 
         current: dict = {}  # the draw of clips trained on now, and its batches
 

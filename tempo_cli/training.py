@@ -322,19 +322,19 @@ def flow_matching_terms(dit, target: torch.Tensor, condition: torch.Tensor, cont
     weights = weights.expand_as(velocity)
     total = weights.sum().clamp_min(1e-12)  # the terms are 0 when every frame is given
 
-    def mean_error(towards: torch.Tensor) -> torch.Tensor:
-        return (weights * (velocity - towards).square()).sum() / total
+    def sample_errors(predicted: torch.Tensor, towards: torch.Tensor) -> torch.Tensor:  # [B], weighted sums
+        return (weights * (predicted - towards).square()).flatten(1).sum(dim=1)
 
-    other = mean_error(flow.roll(1, dims=0)) if against_other and len(flow) > 1 else None
+    own = sample_errors(velocity, flow)
+    other = (sample_errors(velocity, flow.roll(1, dims=0)).sum() / total
+             if against_other and len(flow) > 1 else None)
     caption = None
     if swapped_context is not None and swapped is not None and bool(swapped.any()):
         by_sample = weights.flatten(1).sum(dim=1).clamp_min(1e-12)
-        own = (weights * (velocity - flow).square()).flatten(1).sum(dim=1) / by_sample
-        other_velocity = dit(z_t, t * 1000, swapped_context, condition, rope).float()
-        miss = (weights * (other_velocity - flow).square()).flatten(1).sum(dim=1) / by_sample
-        gap = torch.relu((1 + margin) * own.detach() - miss)
+        miss = sample_errors(dit(z_t, t * 1000, swapped_context, condition, rope).float(), flow) / by_sample
+        gap = torch.relu((1 + margin) * own.detach() / by_sample - miss)
         caption = (gap * swapped).sum() / swapped.sum()
-    return FlowTerms(mean_error(flow), other, caption)
+    return FlowTerms(own.sum() / total, other, caption)
 
 
 def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, context: torch.Tensor,
