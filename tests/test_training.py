@@ -801,6 +801,20 @@ def test_init_adds_a_pooled_prompt_to_a_trained_preset_whose_files_lack_it(tmp_p
     assert "does not fit MultiMaskDiT" in capsys.readouterr().err
 
 
+def test_a_new_run_from_a_preset_with_weight_files_says_it_trains_on_from_them(tmp_path, tiny_train, capsys):
+    first = tmp_path / "first"
+    steps = ["--data", "toyworld:3", "--cache", "4", "--phase", "stage1", "--set", "train.stage1_steps=1"]
+    assert main(["train", "--preset", "tiny-train", "--out", str(first), "--init", "tiny-random", *steps]) == 0
+    assert "trains on from them" not in capsys.readouterr().err  # --init says what it takes instead
+    trained = str(first / "preset.yaml")
+    assert main(["train", "--preset", trained, "--out", str(tmp_path / "second"), *steps]) == 0
+    err = "".join(capsys.readouterr().err.split())  # the console wraps the long path anywhere
+    assert "".join(f"starting from {trained}'s weight files: every phase of its recipe trains on from them, "
+                   "the VAE's too".split()) in err
+    assert main(["train", "--preset", "tiny-train", "--out", str(tmp_path / "third"), *steps]) == 0
+    assert "trains on from them" not in capsys.readouterr().err  # random weights: nothing to say
+
+
 def test_the_ema_warms_up_so_a_random_initialisation_fades_out_of_it():
     assert training.ema_decay_at(0.999, 0) == pytest.approx(0.1)
     decays = [training.ema_decay_at(0.999, step) for step in range(20_000)]
