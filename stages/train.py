@@ -77,15 +77,15 @@ def command(
     trainer = Trainer(session.preset, out, open_source(data, session.preset), device=session.store.device,
                       progress=session.progress, seed=seed, cache_size=cache, export_dtype=DTYPES[export_dtype],
                       replaced=replaced)
-    if not replaced and not session.preset.weights.is_random:
-        session.progress.log(f"starting from {preset}'s weight files: every phase of its recipe trains on from them, "
-                             f"the VAE's too (--init {preset} takes them with the VAE phase done; a preset with "
-                             "random weights, such as toy-init, starts afresh)")
     if export is not None:
         what = trainer.export_checkpoint(export, _trained(average) if average else None, average_weight)
         session.progress.log(f"exported {out / 'checkpoint.safetensors'} ({what}) to {export}")
         opt.emit_path(str(export / "preset.yaml"))
         return
+    if not replaced and not prepare and not session.preset.weights.is_random:
+        session.progress.log(f"starting from {preset}'s weight files: each phase it runs trains on from them, "
+                             f"the VAE's too (--init {preset} takes them with the VAE phase done; a preset with "
+                             "random weights, such as toy-init, starts afresh)")
     if init is not None:
         trainer.take_over(_trained(init))
     trainer.run(list(phase) if phase else None, prepare_only=prepare, more=more)

@@ -809,7 +809,7 @@ def test_a_new_run_from_a_preset_with_weight_files_says_it_trains_on_from_them(t
     trained = str(first / "preset.yaml")
     assert main(["train", "--preset", trained, "--out", str(tmp_path / "second"), *steps]) == 0
     err = "".join(capsys.readouterr().err.split())  # the console wraps the long path anywhere
-    assert "".join(f"starting from {trained}'s weight files: every phase of its recipe trains on from them, "
+    assert "".join(f"starting from {trained}'s weight files: each phase it runs trains on from them, "
                    "the VAE's too".split()) in err
     assert main(["train", "--preset", "tiny-train", "--out", str(tmp_path / "third"), *steps]) == 0
     assert "trains on from them" not in capsys.readouterr().err  # random weights: nothing to say
