@@ -54,7 +54,7 @@ def command(
     from tempo_cli import distributed
     from tempo_cli.datasets import open_source
     from tempo_cli.runtime import DTYPES
-    from tempo_cli.trainer import CHECKPOINT, Trainer
+    from tempo_cli.trainer import Trainer
 
     for name in phase or []:
         if name not in PHASES:
@@ -73,16 +73,15 @@ def command(
     if DTYPES.get(export_dtype) not in (torch.float32, torch.bfloat16):
         raise UsageError(f"--export-dtype {export_dtype!r}: choose fp32 or bf16")
     session = opt.open_session(preset, set_, None, device, "fp32", quiet, notice=False)
-    replaced = "init" if init is not None else "checkpoint" if (out / CHECKPOINT).is_file() else ""
     trainer = Trainer(session.preset, out, open_source(data, session.preset), device=session.store.device,
                       progress=session.progress, seed=seed, cache_size=cache, export_dtype=DTYPES[export_dtype],
-                      replaced=replaced)
+                      init=init is not None)
     if export is not None:
         what = trainer.export_checkpoint(export, _trained(average) if average else None, average_weight)
         session.progress.log(f"exported {out / 'checkpoint.safetensors'} ({what}) to {export}")
         opt.emit_path(str(export / "preset.yaml"))
         return
-    if not replaced and not prepare and not session.preset.weights.is_random:
+    if init is None and not trainer.resumed and not prepare and not session.preset.weights.is_random:
         session.progress.log(f"starting from {preset}'s weight files: each phase it runs trains on from them, "
                              f"the VAE's too (--init {preset} takes them with the VAE phase done; a preset with "
                              "random weights, such as toy-init, starts afresh)")

@@ -157,23 +157,25 @@ class Trainer:
 
     def __init__(self, preset: Preset, out: Path, source: training.VideoSource, *, device: torch.device,
                  progress: Progress, seed: int = 0, cache_size: int = 512, export_dtype: torch.dtype = torch.float32,
-                 replaced: str = ""):
-        """The networks start from the preset's weights (random ones from its seed, or its files). ``replaced``
-        says why they will be replaced: "checkpoint" (a run resumed: they start random, whatever the preset's
-        files are) or "init" (``--init``: they start random only if the preset's files do not fit the networks,
-        as after ``--set dit.text_pool=true``, and stay so where ``--init`` does not replace them)."""
+                 init: bool = False):
+        """The networks start from the preset's weights (random ones from its seed, or its files), unless they will
+        be replaced: a run resumed from the checkpoint in ``out`` (``resumed``) starts them random, whatever the
+        preset's files are; with ``init`` (``--init``, :meth:`take_over`) they start random only if the preset's
+        files do not fit the networks, as after ``--set dit.text_pool=true``, and stay so where ``--init`` does not
+        replace them."""
         from tempo_cli.config import WeightsConfig
         from tempo_cli.runtime import ModelStore
 
         self.preset, self.out, self.source, self.device = preset, out, source, device
         self.progress, self.seed, self.cache_size, self.export_dtype = progress, seed, cache_size, export_dtype
         self.cfg = training.stage_plan(preset) and preset.train
+        self.resumed = not init and (out / CHECKPOINT).is_file()
         drawn = dataclasses.replace(preset, weights=WeightsConfig(random_seed=0, tokenizer=preset.weights.tokenizer))
-        store = ModelStore(drawn if replaced == "checkpoint" else preset, device, torch.float32)  # fp32 masters
+        store = ModelStore(drawn if self.resumed else preset, device, torch.float32)  # fp32 masters
         try:
             vae, dit = store.vae(), store.dit()
         except CheckpointError:
-            if replaced != "init":
+            if not init:
                 raise
             progress.log(f"{preset.name}'s weight files do not fit its networks as set; they start random")
             store = ModelStore(drawn, device, torch.float32)
@@ -578,6 +580,7 @@ class Trainer:
                 swapped_context = swapped = None
                 if others is not None:  # a dropped caption, or one without shape words, has nothing to swap
                     swapped = keep * torch.tensor([o != c for o, c in zip(others, captions)]).float()
+                if swapped is not None and bool(swapped.any()):
                     swapped_context = encode_prompts(self.text_encoder, self.tokenizer, others, text_len, self.device)
                 terms = training.flow_matching_terms(self.dit, target.to(self.device), condition.to(self.device),
                                                      context, rope.to(self.device), t.to(self.device),
