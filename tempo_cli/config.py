@@ -346,6 +346,14 @@ class TrainConfig:
     caption_contrast_margin: float = 0.25
     decoder_steps: int = 0  # after the DiT: the VAE decoder alone on the frozen encoder's latents (0: none)
     decoder_lr: float = 5e-4
+    # the decoder phase: this share of its steps decodes the DiT's own latents instead of the encoder's, so that the
+    # decoder learns to draw what it will be given: decoder_dit_pairs clips of decoder_dit_frames frames at
+    # the coarsest level, each noised to a strength drawn from decoder_dit_strength and denoised by the run's DiT with
+    # the preset's sampler, made once at the phase's start and kept in out/cache (0: the encoder's latents only)
+    decoder_dit_share: float = 0.0
+    decoder_dit_pairs: int = 400
+    decoder_dit_frames: int = 33
+    decoder_dit_strength: tuple[float, float] = (0.5, 0.9)
     vae_batch_size: int = 0  # 0: batch_size; clips longer than 9 frames come fewer to a batch (at least 2)
     vae_frames: tuple[int, ...] = (1, 5, 9)  # VAE clip lengths, drawn uniformly (repeat one to draw it more often)
     stage2_levels: tuple[float, ...] = ()  # stage 2: how often each level (coarse to fine) is drawn; (): equally
@@ -374,9 +382,9 @@ class TrainConfig:
                               f"{self.min_clip_frames}")
         if not 0 <= self.max_conditioned <= 1 or not 0 <= self.ema_decay < 1:
             raise ConfigError("train.max_conditioned must be in [0, 1] and train.ema_decay in [0, 1)")
-        for name in ("caption_dropout", "stage2_multimask"):
+        for name in ("caption_dropout", "stage2_multimask", "decoder_dit_share"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"train.{name} is a share of samples in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"train.{name} is a share in [0, 1], got {getattr(self, name)}")
         shares = self.frame_noise if isinstance(self.frame_noise, (list, tuple)) else (self.frame_noise,)
         if not shares or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
                                  for v in shares):
@@ -389,6 +397,15 @@ class TrainConfig:
                               hint=f"use one of: {', '.join(FRAME_NOISE_MODES)}")
         if not 0 < self.frame_noise_lag <= 1:
             raise ConfigError(f"train.frame_noise_lag is a share of the schedule in (0, 1], got {self.frame_noise_lag}")
+        if self.decoder_dit_pairs < 1:
+            raise ConfigError(f"train.decoder_dit_pairs must be at least 1, got {self.decoder_dit_pairs}")
+        if self.decoder_dit_frames < 5 or self.decoder_dit_frames % 4 != 1:
+            raise ConfigError(f"train.decoder_dit_frames must be 4k+1 (k >= 1), got {self.decoder_dit_frames}")
+        low_high = tuple(self.decoder_dit_strength)
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] <= 1:
+            raise ConfigError(f"train.decoder_dit_strength is a range of noise strengths [low, high] with 0 < low <= "
+                              f"high <= 1, got {list(low_high)}", hint="for example [0.5, 0.9]")
+        object.__setattr__(self, "decoder_dit_strength", tuple(float(v) for v in low_high))
         object.__setattr__(self, "stage2_levels", tuple(float(w) for w in self.stage2_levels))
         object.__setattr__(self, "noise_correlation", tuple(float(c) for c in self.noise_correlation))
         if not all(0 <= c < 1 for c in self.noise_correlation):

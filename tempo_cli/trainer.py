@@ -29,6 +29,7 @@ CLIPS_PER_DRAW = 100_000_000  # clip indices between two draws of a phase's clip
 DRAW_SPAN = 100_000  # draws per extension round
 TIED_ALIAS = "model.encoder.embed_tokens.weight"  # the text encoder's token embedding, also ``model.shared``
 TRAINED_BY = " Trained by tempo train "  # how an export's description says what was trained
+DECODER_PAIR_CLIPS = CLIPS_PER_DRAW * DRAW_SPAN * 1000  # their clip indices: past any DiT phase's draws
 WEIGHT_FILES = {"dit": "dit.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
 
 
@@ -124,12 +125,19 @@ def _weights_swapped_in(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
 def _encoder_fingerprint(vae) -> str:
     """sha256 of what makes a VAE's latents (the encoder's weights and the latent statistics): which VAE a cache
     of encoded clips was made with. The decoder is left out, so the decoder phase keeps the caches valid."""
+    return _fingerprint(vae, ("encoder.", "conv1."))
+
+
+def _fingerprint(model: torch.nn.Module, prefixes: tuple[str, ...] = ("",)) -> str:
+    """sha256 of ``model``'s tensors whose names start with one of ``prefixes`` (all by default), and of its latent
+    statistics where it has them (a VAE's)."""
     digest = hashlib.sha256()
-    for name, value in sorted(vae.state_dict().items()):
-        if name.startswith(("encoder.", "conv1.")):
+    for name, value in sorted(model.state_dict().items()):
+        if name.startswith(prefixes):
             digest.update(name.encode())
             digest.update(value.detach().float().cpu().numpy().tobytes())
-    digest.update(json.dumps([vae.config.latents_mean, vae.config.latents_std]).encode())
+    if hasattr(model.config, "latents_mean"):
+        digest.update(json.dumps([model.config.latents_mean, model.config.latents_std]).encode())
     return digest.hexdigest()
 
 
@@ -443,8 +451,17 @@ class Trainer:
         for p in named.values():
             p.requires_grad_(True)
         batch = self.cfg.vae_batch_size or self.cfg.batch_size
+        share = self.cfg.decoder_dit_share if decoder_only else 0.0
+        pairs = self._decoder_pairs() if share else None
 
         def step(i: int):
+            if pairs is not None and rng.random() < share:  # the DiT's own latents, and the clips they stand for
+                latents, clips = pairs
+                size = min(len(clips), max(2, batch * 9 // clips.shape[1]))  # as many frames as a world batch
+                chosen = torch.from_numpy(rng.choice(len(clips), size=size, replace=False))
+                video = torch.stack([training.to_video(c.numpy()) for c in clips[chosen]]).to(self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    return training.decoder_loss(self.vae, latents[chosen].to(self.device), video, self.cfg.vae_focus)
             # long clips train the causal layers with their whole history filled, as in long videos
             frames = int(rng.choice(self.cfg.vae_frames))
             interval = int(rng.choice(self.preset.video.frame_intervals))
@@ -461,6 +478,74 @@ class Trainer:
                                                first_index=10_000_000)
         self.state = dataclasses.replace(self.state, latents_mean=tuple(mean), latents_std=tuple(std))
         self._set_vae_stats()
+
+    def _decoder_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``train.decoder_dit_pairs`` clips of ``train.decoder_dit_frames`` frames at the coarsest level, and the
+        latents the run's DiT denoises from each noised to a strength in ``train.decoder_dit_strength``, with the
+        preset's sampler (guidance included): ``(latents [N, z, F, h, w] normalised, clips [N, T, H, W, 3] uint8)``.
+        Made once and kept in ``out/cache``, keyed by what they depend on, so a resumed phase reads them back. Every
+        rank makes the same pairs: under torchrun the sampler shares out a level's chunks, and these have one."""
+        from tempo_cli.pipeline import LevelSampling, denoise_level, level_conditions
+        from tempo_cli.plan import make_plan
+
+        count, frames = self.cfg.decoder_dit_pairs, self.cfg.decoder_dit_frames
+        low, high = self.cfg.decoder_dit_strength
+        video, interval, rank = self.preset.video, self.preset.video.frame_intervals[0], distributed.rank()
+        settings = LevelSampling.for_level(self.preset, interval)
+        path = self.out / "cache" / f"decoder-pairs-rank{rank}.safetensors"
+        key = {"format": "1", "vae": _fingerprint(self.vae, ("encoder.", "conv1.")), "dit": _fingerprint(self.dit),
+               "count": str(count), "strength": json.dumps([low, high]), "seed": str(self.seed),
+               "data": self.source.identity, "sampler": repr(settings),
+               "negative": self.preset.sampler.negative_prompt, "frames": str(frames)}
+        if path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata()
+            if all(meta.get(k) == v for k, v in key.items()):
+                self.progress.log(f"decoder: using the DiT's latents of {count} clips in {path}")
+                tensors = load_file(str(path))
+                return tensors["latents"], tensors["clips"]
+        level = make_plan(frames, (interval,), (1,), height=video.height, width=video.width,
+                          base_fps=video.fps).levels[0]
+        conditions = level_conditions(self.vae, level, None, {}, video.height, video.width)
+        rng = np.random.default_rng([self.seed, 6])
+        latents, clips = [], []
+        was_training = {name: model.training for name, model in self._models().items()}
+        for model in self._models().values():
+            model.eval()
+        try:
+            with self.progress.task(f"decoder: the DiT's latents of {count} clips", count) as advance, \
+                    torch.autocast(self.device.type, dtype=torch.bfloat16), torch.no_grad():
+                for n in range(count):
+                    clip, caption = self.source.clip(DECODER_PAIR_CLIPS + n, (frames - 1) * interval + 1)
+                    clip = np.ascontiguousarray(clip[::interval])
+                    clean = self.vae.encode(training.to_video(clip)[None].to(self.device))[0]
+                    embeds, negative = self._prompt_embeds(caption, settings.guided)
+                    (made,) = denoise_level(self.dit, level, conditions, embeds, negative, settings,
+                                            seed=int(rng.integers(1 << 31)), start=[clean],
+                                            strength=float(rng.uniform(low, high)))
+                    latents.append(made.to(torch.bfloat16))
+                    clips.append(torch.from_numpy(clip))
+                    advance(1)
+        finally:
+            for name, model in self._models().items():
+                model.train(was_training[name])
+        pairs = torch.stack(latents), torch.stack(clips)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({"latents": pairs[0], "clips": pairs[1]}, path, key)
+        return pairs
+
+    def _prompt_embeds(self, caption: str, guided: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sampler's prompt and (with guidance) negative prompt embeddings ``[text_len, dim]`` of ``caption``,
+        as ``tempo generate`` makes them: an empty negative prompt is a zero embedding."""
+        from tempo_cli.models.text_encoder import encode_prompts
+
+        negative_prompt = self.preset.sampler.negative_prompt
+        with_negative = guided and bool(negative_prompt.strip())
+        texts = [caption, negative_prompt] if with_negative else [caption]
+        embeds = encode_prompts(self.text_encoder, self.tokenizer, texts, device=self.device).float()
+        return embeds[0], (embeds[1] if with_negative else torch.zeros_like(embeds[0])) if guided else None
 
     def _set_vae_stats(self) -> None:
         if self.state.latents_mean:
@@ -636,7 +721,6 @@ class Trainer:
         return path
 
     def _sample_blueprint(self, caption: str, frames: int, interval: int) -> torch.Tensor:
-        from tempo_cli.models.text_encoder import encode_prompts
         from tempo_cli.pipeline import LevelSampling, decode_level, denoise_level, level_conditions
         from tempo_cli.plan import make_plan
 
@@ -644,11 +728,10 @@ class Trainer:
         level = make_plan(frames, (interval,), (1,), height=video.height, width=video.width,
                           base_fps=video.fps).levels[0]
         settings = LevelSampling.for_level(self.preset, interval)
-        embeds = encode_prompts(self.text_encoder, self.tokenizer, [caption], device=self.device)[0].float()
+        embeds, negative = self._prompt_embeds(caption, settings.guided)
         conditions = level_conditions(self.vae, level, None, {}, video.height, video.width)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            latents = denoise_level(self.dit, level, conditions, embeds, torch.zeros_like(embeds), settings,
-                                    seed=0)
+            latents = denoise_level(self.dit, level, conditions, embeds, negative, settings, seed=0)
         return decode_level(self.vae, level, latents).to(self.device)
 
     # ---- the result ---------------------------------------------------------------------------------------------

@@ -458,15 +458,30 @@ def vae_loss(vae, video: torch.Tensor, kl_weight: float, focus: float = 0.0,
     logvar = logvar.float().clamp(-30, 20)
     mu = mu.float()
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-    recon = vae.reconstruct(z.to(video.dtype)).float()
-    error = (recon - video).abs()
-    weights = focus_weights(video, focus) if focus else torch.ones_like(error[:, :1])
-    l1 = (weights * error).sum() / (weights.sum() * 3)
-    l2 = (weights * error.square()).sum() / (weights.sum() * 3)
+    l1, l2 = _reconstruction_errors(vae.reconstruct(z.to(video.dtype)).float(), video, focus)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
     if decoder_only:  # the terms stay tensors: the trainer reads them only when it logs them
         return l1 + l2, {"l1": l1.detach()}
     return l1 + l2 + kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
+
+
+def decoder_loss(vae, latents: torch.Tensor, video: torch.Tensor, focus: float = 0.0
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The decoder phase's loss (:func:`vae_loss`'s reconstruction terms) on given normalised ``latents [B, z, F, h,
+    w]`` (the DiT's, say) instead of the encoder's, against the clips ``video [B, 3, T, H, W]`` they stand for."""
+    mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+    raw = (latents.float() * std + mean).to(video.dtype)
+    l1, l2 = _reconstruction_errors(vae.reconstruct(raw).float(), video, focus)
+    return l1 + l2, {"l1": l1.detach()}
+
+
+def _reconstruction_errors(recon: torch.Tensor, video: torch.Tensor,
+                           focus: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean L1 and squared error of ``recon`` against ``video``, weighted by :func:`focus_weights`."""
+    error = (recon - video).abs()
+    weights = focus_weights(video, focus) if focus else torch.ones_like(error[:, :1])
+    return ((weights * error).sum() / (weights.sum() * 3), (weights * error.square()).sum() / (weights.sum() * 3))
 
 
 @torch.no_grad()

@@ -634,6 +634,46 @@ def test_cache_refresh_brings_new_clips_every_so_many_steps(tmp_path, tiny_train
     assert cached_captions(out, "stage2-rank0-draw0.2") != cached_captions(out, "stage2-rank0")
 
 
+def test_the_decoder_phase_can_learn_from_the_dits_own_latents(tmp_path, tiny_train, capsys, monkeypatch):
+    """``train.decoder_dit_share``: the decoder trains on latents the run's DiT denoised from noised clips, made
+    once and kept in the cache; the encoder, and with it the latents the DiT knows, stays as it was."""
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny-train", "--data", "toyworld:3", "--out", str(out), "--cache", "4", "-q",
+            "--phase", "decoder", "--set", "train.decoder_steps=2", "--set", "train.decoder_dit_share=1",
+            "--set", "train.decoder_dit_pairs=3", "--set", "train.decoder_dit_frames=9"]
+    decoded, plain = [], training.decoder_loss
+
+    def recorded(vae, latents, video, focus=0.0):
+        decoded.append((tuple(latents.shape), tuple(video.shape)))
+        return plain(vae, latents, video, focus)
+
+    monkeypatch.setattr(training, "decoder_loss", recorded)
+    assert main(args + ["--init", "tiny-random"]) == 0
+    assert [(l[0], l[2], v[2]) for l, v in decoded] == [(2, 3, 9)] * 2  # every step: 2 of the pairs
+    pairs = load_file_tensors(out / "cache" / "decoder-pairs-rank0.safetensors")
+    assert pairs["latents"].shape[:3] == (3, 16, 3) and pairs["clips"].shape == (3, 9, 64, 64, 3)
+    # the DiT's latents, not the encoder's: denoised from the clip noised half way or more
+    from tempo_cli.runtime import ModelStore
+
+    vae = ModelStore(load_preset("tiny-random"), torch.device("cpu"), torch.float32).vae()
+    with torch.no_grad():
+        encoded = vae.encode(torch.stack([training.to_video(c.numpy()) for c in pairs["clips"]]))
+    assert not torch.allclose(pairs["latents"].float(), encoded, atol=0.1)
+    start = vae.state_dict()
+    trained = {k[len("model.vae."):]: v for k, v in load_file_tensors(out / "checkpoint.safetensors").items()
+               if k.startswith("model.vae.")}
+    changed = {k for k in trained if not torch.equal(trained[k].float(), start[k].float())}
+    assert changed and all(k.startswith(("decoder.", "conv2.")) for k in changed)
+    capsys.readouterr()
+    assert main(args[:9] + args[10:] + ["--more", "1"]) == 0  # logs, not -q
+    assert "decoder: using the DiT's latents of 3 clips" in " ".join(capsys.readouterr().err.split())
+    for bad, message in (("train.decoder_dit_share=1.5", "is a share in"), ("train.decoder_dit_pairs=0", "at least 1"),
+                         ("train.decoder_dit_strength=[0.9, 0.5]", "low <= high"),
+                         ("train.decoder_dit_frames=8", "4k\\+1")):
+        with pytest.raises(ConfigError, match=message):
+            load_preset("tiny-train", [bad])
+
+
 def test_export_writes_a_stopped_runs_checkpoint_as_a_preset_with_its_ema_weights(tmp_path, tiny_train, capsys,
                                                                                    monkeypatch):
     from tempo_cli.trainer import Trainer
