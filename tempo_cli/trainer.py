@@ -151,6 +151,17 @@ def _read_cache(path: Path, captions: dict[str, list[str]], shape_delta: bool) -
             for n, names in captions.items()}
 
 
+def _matching_metadata(path: Path, key: dict[str, str]) -> dict[str, str] | None:
+    """The metadata of the safetensors file ``path`` if it exists and holds every item of ``key``, else None."""
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return meta if all(meta.get(k) == v for k, v in key.items()) else None
+
+
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
@@ -493,44 +504,32 @@ class Trainer:
         video, interval, rank = self.preset.video, self.preset.video.frame_intervals[0], distributed.rank()
         settings = LevelSampling.for_level(self.preset, interval)
         path = self.out / "cache" / f"decoder-pairs-rank{rank}.safetensors"
-        key = {"format": "1", "vae": _fingerprint(self.vae, ("encoder.", "conv1.")), "dit": _fingerprint(self.dit),
+        key = {"format": "1", "vae": _encoder_fingerprint(self.vae), "dit": _fingerprint(self.dit),
                "count": str(count), "strength": json.dumps([low, high]), "seed": str(self.seed),
                "data": self.source.identity, "sampler": repr(settings),
                "negative": self.preset.sampler.negative_prompt, "frames": str(frames)}
-        if path.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata()
-            if all(meta.get(k) == v for k, v in key.items()):
-                self.progress.log(f"decoder: using the DiT's latents of {count} clips in {path}")
-                tensors = load_file(str(path))
-                return tensors["latents"], tensors["clips"]
+        if _matching_metadata(path, key) is not None:
+            self.progress.log(f"decoder: using the DiT's latents of {count} clips in {path}")
+            tensors = load_file(str(path))
+            return tensors["latents"], tensors["clips"]
         level = make_plan(frames, (interval,), (1,), height=video.height, width=video.width,
                           base_fps=video.fps).levels[0]
         conditions = level_conditions(self.vae, level, None, {}, video.height, video.width)
         rng = np.random.default_rng([self.seed, 6])
         latents, clips = [], []
-        was_training = {name: model.training for name, model in self._models().items()}
-        for model in self._models().values():
-            model.eval()
-        try:
-            with self.progress.task(f"decoder: the DiT's latents of {count} clips", count) as advance, \
-                    torch.autocast(self.device.type, dtype=torch.bfloat16), torch.no_grad():
-                for n in range(count):
-                    clip, caption = self.source.clip(DECODER_PAIR_CLIPS + n, (frames - 1) * interval + 1)
-                    clip = np.ascontiguousarray(clip[::interval])
-                    clean = self.vae.encode(training.to_video(clip)[None].to(self.device))[0]
-                    embeds, negative = self._prompt_embeds(caption, settings.guided)
-                    (made,) = denoise_level(self.dit, level, conditions, embeds, negative, settings,
-                                            seed=int(rng.integers(1 << 31)), start=[clean],
-                                            strength=float(rng.uniform(low, high)))
-                    latents.append(made.to(torch.bfloat16))
-                    clips.append(torch.from_numpy(clip))
-                    advance(1)
-        finally:
-            for name, model in self._models().items():
-                model.train(was_training[name])
+        with self._evaluating(), torch.autocast(self.device.type, dtype=torch.bfloat16), torch.no_grad(), \
+                self.progress.task(f"decoder: the DiT's latents of {count} clips", count) as advance:
+            for n in range(count):
+                clip, caption = self.source.clip(DECODER_PAIR_CLIPS + n, (frames - 1) * interval + 1)
+                clip = np.ascontiguousarray(clip[::interval])
+                clean = self.vae.encode(training.to_video(clip)[None].to(self.device))[0]
+                embeds, negative = self._prompt_embeds(caption, settings.guided)
+                (made,) = denoise_level(self.dit, level, conditions, embeds, negative, settings,
+                                        seed=int(rng.integers(1 << 31)), start=[clean],
+                                        strength=float(rng.uniform(low, high)))
+                latents.append(made.to(torch.bfloat16))
+                clips.append(torch.from_numpy(clip))
+                advance(1)
         pairs = torch.stack(latents), torch.stack(clips)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"latents": pairs[0], "clips": pairs[1]}, path, key)
@@ -590,14 +589,9 @@ class Trainer:
         for old in path.parent.glob(f"{phase}-rank{rank}-draw*.safetensors") if suffix else ():
             if old != path:
                 old.unlink()
-        if path.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata()
-            if all(meta.get(k) == v for k, v in key.items()):
-                self.progress.log(f"{phase}: using the {self.cache_size} encoded clips in {path}")
-                return _read_cache(path, json.loads(meta["captions"]), self._swaps_shapes())
+        if (meta := _matching_metadata(path, key)) is not None:
+            self.progress.log(f"{phase}: using the {self.cache_size} encoded clips in {path}")
+            return _read_cache(path, json.loads(meta["captions"]), self._swaps_shapes())
         if draw[1] >= DRAW_SPAN:
             raise UsageError(f"train.cache_refresh {self.cfg.cache_refresh} draws more than {DRAW_SPAN} sets of clips "
                              "in one round", hint="refresh less often")
@@ -698,19 +692,13 @@ class Trainer:
         interval = self.preset.video.frame_intervals[0]
         clip, caption = self.source.clip(0, 12 * interval + 1)
         truth = training.to_video(clip[::interval]).to(self.device)  # [3, 13, H, W]
-        was_training = {name: model.training for name, model in self._models().items()}
-        for model in self._models().values():
-            model.eval()
-        try:
+        with self._evaluating():
             if phase in ("vae", "decoder"):
                 mu, _ = self.vae.posterior(truth[None])
                 made = self.vae.reconstruct(mu)[0].clamp(-1, 1)
             else:
                 with _weights_swapped_in(self.dit, ema):
                     made = self._sample_blueprint(caption, truth.shape[1], interval)
-        finally:
-            for name, model in self._models().items():
-                model.train(was_training[name])
         name = f"{phase}-{step:06d}" if not self.state.round else f"{phase}-more{self.state.round}-{step:06d}"
         path = self.out / "samples" / f"{name}.mp4"
         if not distributed.is_main():
@@ -719,6 +707,18 @@ class Trainer:
         side_by_side = torch.cat([truth, made.to(truth.dtype)], dim=3)  # [3, T, H, 2W]
         write_video(to_uint8_frames(side_by_side), path, self.preset.video.fps / interval, force=True)
         return path
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Every network in eval mode inside the block, and in the mode each was in after it."""
+        was_training = {name: model.training for name, model in self._models().items()}
+        for model in self._models().values():
+            model.eval()
+        try:
+            yield
+        finally:
+            for name, model in self._models().items():
+                model.train(was_training[name])
 
     def _sample_blueprint(self, caption: str, frames: int, interval: int) -> torch.Tensor:
         from tempo_cli.pipeline import LevelSampling, decode_level, denoise_level, level_conditions

@@ -469,8 +469,7 @@ def decoder_loss(vae, latents: torch.Tensor, video: torch.Tensor, focus: float =
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The decoder phase's loss (:func:`vae_loss`'s reconstruction terms) on given normalised ``latents [B, z, F, h,
     w]`` (the DiT's, say) instead of the encoder's, against the clips ``video [B, 3, T, H, W]`` they stand for."""
-    mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+    mean, std = vae.latent_stats()
     raw = (latents.float() * std + mean).to(video.dtype)
     l1, l2 = _reconstruction_errors(vae.reconstruct(raw).float(), video, focus)
     return l1 + l2, {"l1": l1.detach()}

@@ -248,7 +248,7 @@ class CausalVideoVAE(nn.Module):
         overlap = _overlap(tile, tile_overlap, sf)
         tiles = _tiles((video.shape[3] // sf, video.shape[4] // sf), tile, overlap, sf)
         chunks = [(0, 1)] + [(s, s + tf) for s in range(1, video.shape[2], tf)]  # first frame, then groups
-        mean, std = self._latent_stats()
+        mean, std = self.latent_stats()
 
         def step(x: torch.Tensor, cache: Cache) -> torch.Tensor:
             stats = self.conv1(self.encoder(x.to(self.conv1.weight.dtype), cache))  # [B, 2z, t, h, w]
@@ -273,7 +273,7 @@ class CausalVideoVAE(nn.Module):
         overlap = _overlap(tile, tile_overlap, sf)
         tiles = _tiles(tuple(latents.shape[3:]), tile, overlap, sf)
         chunks = [(i, i + 1) for i in range(latents.shape[2])]
-        mean, std = self._latent_stats()
+        mean, std = self.latent_stats()
 
         def step(z: torch.Tensor, cache: Cache) -> torch.Tensor:
             x = self.conv2((z.float() * std + mean).to(self.conv2.weight.dtype))
@@ -298,7 +298,7 @@ class CausalVideoVAE(nn.Module):
         x = self.conv2(raw)
         return torch.cat([self.decoder(x[:, :, i:i + 1], cache) for i in range(x.shape[2])], dim=2)
 
-    def _latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel latent mean and std, [1, z, 1, 1, 1] float32, made on the model's device per call."""
         device = self.conv1.weight.device
         mean = torch.tensor(self.config.latents_mean, dtype=torch.float32, device=device)
