@@ -106,8 +106,11 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                   negative_embeds: torch.Tensor | None, settings: LevelSampling, seed: int, *,
                   micro_batch: int | None = None, batch_guidance: bool = True,
                   progress: Progress | None = None, start: Sequence[torch.Tensor] | None = None,
-                  strength: float = 1.0) -> list[torch.Tensor]:
+                  strength: float = 1.0, shared: bool = True) -> list[torch.Tensor]:
     """Denoise every chunk of ``level``; returns per chunk the latents ``[z, F, h, w]`` (float32, CPU).
+
+    Under torchrun the ranks share the chunks out and gather them; ``shared=False`` keeps every chunk in this
+    process, for a caller that shares out its own work.
 
     ``start`` (per chunk, latents ``[z, F, h, w]``) starts from those latents noised to ``strength`` instead of
     from pure noise, and runs only the schedule's steps below it (:func:`sampling.partial_schedule`)."""
@@ -118,7 +121,8 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
     context = prompt_embeds.to(device, dtype)[None]
     negative = negative_embeds.to(device, dtype)[None] if guided else None
     results: dict[int, torch.Tensor] = {}
-    mine = distributed.my_share([c.index for c in level.chunks])  # all of them unless under torchrun
+    indices = [c.index for c in level.chunks]
+    mine = distributed.my_share(indices) if shared else indices  # all of them unless shared under torchrun
     size = max(1, micro_batch or len(mine))
     batches = []
     for group in _groups_by_length(level).values():  # equal lengths batch together
@@ -169,7 +173,8 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                 z = sampling.euler_step(z, velocity.float(), sigma, sigma_next)
                 advance(1)
             results.update(zip(members, z.cpu()))
-    results = distributed.gather(results)
+    if shared:
+        results = distributed.gather(results)
     return [results[c.index] for c in level.chunks]
 
 

@@ -494,8 +494,8 @@ class Trainer:
         """``train.decoder_dit_pairs`` clips of ``train.decoder_dit_frames`` frames at the coarsest level, and the
         latents the run's DiT denoises from each noised to a strength in ``train.decoder_dit_strength``, with the
         preset's sampler (guidance included): ``(latents [N, z, F, h, w] normalised, clips [N, T, H, W, 3] uint8)``.
-        Made once and kept in ``out/cache``, keyed by what they depend on, so a resumed phase reads them back. Every
-        rank makes the same pairs: under torchrun the sampler shares out a level's chunks, and these have one."""
+        Made once and kept in ``out/cache``, keyed by what they depend on, so a resumed phase reads them back. Under
+        torchrun the ranks share the pairs out and gather them, so every rank holds (and caches) the same ones."""
         from tempo_cli.pipeline import LevelSampling, denoise_level, level_conditions
         from tempo_cli.plan import make_plan
 
@@ -516,20 +516,28 @@ class Trainer:
                           base_fps=video.fps).levels[0]
         conditions = level_conditions(self.vae, level, None, {}, video.height, video.width)
         rng = np.random.default_rng([self.seed, 6])
-        latents, clips = [], []
+        draws = [(int(rng.integers(1 << 31)), float(rng.uniform(low, high))) for _ in range(count)]  # seed, strength
+
+        def clip_of(n: int) -> tuple[np.ndarray, str]:
+            clip, caption = self.source.clip(DECODER_PAIR_CLIPS + n, (frames - 1) * interval + 1)
+            return np.ascontiguousarray(clip[::interval]), caption
+
+        mine = distributed.my_share(list(range(count)))
+        made, clips = {}, {}
+        shown = f" ({len(mine)} on this rank)" if len(mine) < count else ""
         with self._evaluating(), torch.autocast(self.device.type, dtype=torch.bfloat16), torch.no_grad(), \
-                self.progress.task(f"decoder: the DiT's latents of {count} clips", count) as advance:
-            for n in range(count):
-                clip, caption = self.source.clip(DECODER_PAIR_CLIPS + n, (frames - 1) * interval + 1)
-                clip = np.ascontiguousarray(clip[::interval])
-                clean = self.vae.encode(training.to_video(clip)[None].to(self.device))[0]
+                self.progress.task(f"decoder: the DiT's latents of {count} clips{shown}", len(mine)) as advance:
+            for n in mine:
+                clips[n], caption = clip_of(n)
+                clean = self.vae.encode(training.to_video(clips[n])[None].to(self.device))[0]
                 embeds, negative = self._prompt_embeds(caption, settings.guided)
-                (made,) = denoise_level(self.dit, level, conditions, embeds, negative, settings,
-                                        seed=int(rng.integers(1 << 31)), start=[clean],
-                                        strength=float(rng.uniform(low, high)))
-                latents.append(made.to(torch.bfloat16))
-                clips.append(torch.from_numpy(clip))
+                (latent,) = denoise_level(self.dit, level, conditions, embeds, negative, settings, seed=draws[n][0],
+                                          start=[clean], strength=draws[n][1], shared=False)
+                made[n] = latent.to(torch.bfloat16)
                 advance(1)
+        made = distributed.gather(made)
+        latents = [made[n] for n in range(count)]
+        clips = [torch.from_numpy(clips[n] if n in clips else clip_of(n)[0]) for n in range(count)]
         pairs = torch.stack(latents), torch.stack(clips)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"latents": pairs[0], "clips": pairs[1]}, path, key)

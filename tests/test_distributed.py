@@ -1,5 +1,5 @@
 """Under torchrun the chunks of a level are shared out among the ranks; the result is the one-process result.
-Training runs data-parallel, sample videos included."""
+Training runs data-parallel, sample videos and the decoder phase's pairs included."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tempo_cli.cli import main
 from tempo_cli.latents import load
@@ -70,3 +71,27 @@ def test_two_ranks_train_with_sample_videos(tmp_path):
     assert sorted(p.name for p in (run / "cache").iterdir()) == [
         "stage1-rank0.safetensors", "stage1-rank1.safetensors", "stage2-rank0.safetensors", "stage2-rank1.safetensors"]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["stage1-000002.mp4", "stage2-000002.mp4"]
+
+
+def test_two_ranks_share_out_the_decoder_pairs(tmp_path, monkeypatch):
+    """The decoder phase's pairs (the DiT's latents of noised clips, and the clips): each rank denoises its share,
+    every rank caches all of them, and they are the pairs one process makes."""
+    (tmp_path / "two-rank-train.yaml").write_text(TRAIN)
+    monkeypatch.setenv("TEMPO_PRESETS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--preset", "two-rank-train", "--data", "toyworld:3", "--init", "tiny-random", "--phase",
+            "decoder", "--device", "cpu", "--set", "train.decoder_steps=1", "--set", "train.decoder_dit_share=1",
+            "--set", "train.decoder_dit_pairs=3", "--set", "train.decoder_dit_frames=9"]
+    done = subprocess.run([_torchrun(), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                           str(_free_port()), "-m", "tempo_cli.cli", *args, "--out", "two"],
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "the DiT's latents of 3 clips (2 on this rank)" in done.stderr  # rank 0's progress: clips 0 and 2
+    assert main([*args, "--out", "one", "-q"]) == 0
+    one, *ranks = (load_file(str(tmp_path / run / "cache" / f"decoder-pairs-rank{rank}.safetensors"))
+                   for run, rank in (("one", 0), ("two", 0), ("two", 1)))
+    assert one["latents"].shape[0] == 3 and not torch.equal(one["latents"][0], one["latents"][1])
+    for pairs in ranks:
+        assert torch.equal(pairs["clips"], one["clips"])
+        torch.testing.assert_close(pairs["latents"].float(), one["latents"].float(), atol=2e-2, rtol=2e-2)
