@@ -238,9 +238,20 @@ class SamplerConfig:
     # (sampling.rolling_schedule), however long the chunk; () or 0: every frame together. For models trained
     # with train.frame_noise_mode: rolling. A level takes stagger or lag, not both.
     lag: tuple[float, ...] = ()
+    # per level, how much of the noise each step draws anew while sigma lies in eta_window (sampling.flow_step:
+    # DDIM's eta for the flow; 1 is ancestral sampling); () or 0: the plain ODE, Euler steps.
+    eta: tuple[float, ...] = ()
+    eta_window: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        object.__setattr__(self, "eta", tuple(float(e) for e in self.eta))
+        if self.eta and (len(self.eta) != len(self.steps) or not all(0 <= e <= 1 for e in self.eta)):
+            raise ConfigError(f"sampler.eta needs one value in [0, 1] per level, got {list(self.eta)}")
+        object.__setattr__(self, "eta_window", tuple(float(w) for w in self.eta_window))
+        if len(self.eta_window) != 2 or not 0 <= self.eta_window[0] <= self.eta_window[1] <= 1:
+            raise ConfigError(f"sampler.eta_window is [low, high] with 0 <= low <= high <= 1, got "
+                              f"{list(self.eta_window)}")
         object.__setattr__(self, "stagger", tuple(float(s) for s in self.stagger))
         if self.stagger and (len(self.stagger) != len(self.steps) or not all(0 <= s <= 4 for s in self.stagger)):
             raise ConfigError(f"sampler.stagger needs one value in [0, 4] per level, got {list(self.stagger)}")

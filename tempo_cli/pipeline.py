@@ -49,6 +49,8 @@ class LevelSampling:
     noise_prior: str = "mixed"
     stagger: float = 0.0  # later latent frames lag behind the earlier ones (sampling.staggered_schedule)
     lag: float = 0.0  # each latent frame starts this many steps after the one before (sampling.rolling_schedule)
+    eta: float = 0.0  # stochastic steps (sampling.flow_step) while sigma lies in eta_window
+    eta_window: tuple[float, float] = (0.0, 1.0)
 
     @classmethod
     def for_level(cls, preset: Preset, interval: int, steps: int | None = None) -> "LevelSampling":
@@ -58,7 +60,8 @@ class LevelSampling:
         return cls(steps if steps is not None else sampler.steps[index], sampler.shift[index], sampler.guidance,
                    sampler.guidance_scale, sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
                    sampler.noise_prior, sampler.stagger[index] if sampler.stagger else 0.0,
-                   sampler.lag[index] if sampler.lag else 0.0)
+                   sampler.lag[index] if sampler.lag else 0.0, sampler.eta[index] if sampler.eta else 0.0,
+                   sampler.eta_window)
 
     @property
     def guided(self) -> bool:
@@ -154,6 +157,7 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                 z = (1 - strength) * given + strength * z
             rope = torch.tensor([level.chunks[i].rope for i in members], device=device)
             state = None
+            redraw = [sampling.step_noise(z_shape, seed, level.interval, i) for i in members] if settings.eta else []
             for step in range(len(sigmas)):
                 if sigmas.dim() == 1:  # one time for every frame (a float, as the reference computes it)
                     sigma, sigma_next = sigmas[step].item(), next_sigmas[step].item()
@@ -170,7 +174,12 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                         guide_sigma = sigma if isinstance(sigma, float) else sigma.clamp_min(1e-4)  # APG divides
                         velocity, state = sampling.guide(settings.guidance, cond_v, uncond_v, z,
                                                          guide_sigma, settings.guidance_scale, state)
-                z = sampling.euler_step(z, velocity.float(), sigma, sigma_next)
+                if redraw:
+                    fresh = torch.stack([next(stream) for stream in redraw]).to(device)
+                    z = sampling.flow_step(z, velocity.float(), sigma, sigma_next, settings.eta, fresh,
+                                           settings.eta_window)
+                else:
+                    z = sampling.euler_step(z, velocity.float(), sigma, sigma_next)
                 advance(1)
             results.update(zip(members, z.cpu()))
     if shared:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,23 @@ def euler_step(z: Tensor, velocity: Tensor, sigma: float | Tensor, sigma_next: f
     return z + (sigma_next - sigma) * velocity
 
 
+def flow_step(z: Tensor, velocity: Tensor, sigma: float | Tensor, sigma_next: float | Tensor, eta: float,
+              fresh: Tensor, window: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+    """One step from ``sigma`` to ``sigma_next`` that draws part of its noise anew (DDIM's eta, for the flow).
+
+    With ``z = (1 - sigma) x0 + sigma eps``, the velocity gives the clean latent ``x0 = z - sigma v`` and the noise
+    ``eps = z + (1 - sigma) v``; the step lands on ``(1 - sigma_next) x0 + sigma_next (sqrt(1 - eta^2) eps + eta
+    fresh)``, ``fresh`` standard normal like ``z``. ``eta`` 0 is the Euler step, 1 ancestral sampling (the noise
+    redrawn whole). Only where ``window[0] <= sigma <= window[1]`` (per latent frame when sigma is one per frame, a
+    tensor broadcasting against ``z``) and ``0 < sigma_next < sigma``; elsewhere the Euler step, so a latent frame
+    that waits its turn in a rolling schedule (or is done) keeps its values."""
+    s = torch.as_tensor(sigma, dtype=z.dtype, device=z.device)
+    s_next = torch.as_tensor(sigma_next, dtype=z.dtype, device=z.device)
+    x0, eps = z - s * velocity, z + (1 - s) * velocity
+    share = eta * ((s >= window[0]) & (s <= window[1]) & (s_next > 0) & (s_next < s)).to(z.dtype)
+    return (1 - s_next) * x0 + s_next * ((1 - share.square()).sqrt() * eps + share * fresh)
+
+
 def velocity_to_x0(z: Tensor, velocity: Tensor, sigma: float | Tensor) -> Tensor:
     return z - sigma * velocity
 
@@ -186,14 +204,25 @@ def guide(
     raise ConfigError(f"unknown guidance {kind!r}", f"choose one of: {', '.join(GUIDANCE_KINDS)}")
 
 
-def noise_seed(seed: int, level: int, chunk: int) -> int:
-    """The seed of one (level, chunk) noise stream of a run seeded with ``seed``.
+def noise_seed(seed: int, level: int, chunk: int, stream: str = "") -> int:
+    """The seed of one (level, chunk) noise stream of a run seeded with ``seed``; ``stream`` names another one
+    of the same chunk (the initial noise's has none).
 
-    The first 8 bytes (big-endian) of ``sha256(f"{seed}:{level}:{chunk}")``, masked to 63 bits. Stable
-    across processes, platforms and Python versions (unlike ``hash()``).
+    The first 8 bytes (big-endian) of ``sha256(f"{seed}:{level}:{chunk}")`` (``f"...:{stream}"`` with a stream),
+    masked to 63 bits. Stable across processes, platforms and Python versions (unlike ``hash()``).
     """
-    digest = hashlib.sha256(f"{int(seed)}:{int(level)}:{int(chunk)}".encode()).digest()
+    name = f"{int(seed)}:{int(level)}:{int(chunk)}" + (f":{stream}" if stream else "")
+    digest = hashlib.sha256(name.encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def step_noise(shape: tuple[int, ...] | torch.Size, seed: int, level: int, chunk: int) -> Iterator[Tensor]:
+    """The noise a chunk's stochastic steps draw (:func:`flow_step`): standard normal float32 CPU tensors of
+    ``shape``, one per step, from the chunk's ``steps`` stream, so that they do not depend on the batch the chunk
+    is denoised in (or the rank under torchrun)."""
+    generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, level, chunk, "steps"))
+    while True:
+        yield torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
 
 
 def correlate_frames(noise: Tensor, correlation: float | Tensor, prior: str = "mixed",

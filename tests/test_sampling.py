@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from tempo_cli.sampling import (
     correlate_frames,
     euler_step,
     flow_schedule,
+    flow_step,
     guide,
     initial_noise,
     partial_schedule,
@@ -113,6 +115,26 @@ def test_euler_integrates_a_linear_flow_exactly():
         z = euler_step(z, noise - x0, sigma, sigma_next)
         torch.testing.assert_close(z, (1 - sigma_next) * x0 + sigma_next * noise, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(z, x0, atol=1e-5, rtol=1e-5)
+
+
+def test_flow_step_draws_a_share_of_its_noise_anew_inside_its_window():
+    """With the exact velocity, a stochastic step lands on the path to x0 with its noise partly redrawn; eta 0, a
+    sigma outside the window, a finished latent frame and one that waits its turn take the Euler step."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise, fresh = torch.randn(3, 1, 4, 3, 4, 4, generator=g).unbind(0)
+    sigma, sigma_next = 0.6, 0.45
+    z, velocity = (1 - sigma) * x0 + sigma * noise, noise - x0
+    for eta in (0.0, 0.6, 1.0):
+        kept = math.sqrt(1 - eta**2) * noise + eta * fresh
+        torch.testing.assert_close(flow_step(z, velocity, sigma, sigma_next, eta, fresh),
+                                   (1 - sigma_next) * x0 + sigma_next * kept)
+    torch.testing.assert_close(flow_step(z, velocity, sigma, sigma_next, 1.0, fresh, (0.1, 0.5)),
+                               euler_step(z, velocity, sigma, sigma_next))
+    per_frame = torch.tensor([0.0, sigma, 1.0]).reshape(1, 1, 3, 1, 1)  # done, stepping, waiting at 1
+    per_frame_next = torch.tensor([0.0, sigma_next, 1.0]).reshape(1, 1, 3, 1, 1)
+    stepped = flow_step(z, velocity, per_frame, per_frame_next, 1.0, fresh)
+    assert torch.equal(stepped[:, :, 0], z[:, :, 0]) and torch.equal(stepped[:, :, 2], z[:, :, 2])
+    torch.testing.assert_close(stepped[:, :, 1], ((1 - sigma_next) * x0 + sigma_next * fresh)[:, :, 1])
 
 
 def test_noise_seed_is_documented_and_stable():
@@ -294,6 +316,28 @@ def test_denoise_level_walks_each_latent_frame_along_its_schedule(stagger, lag):
         assert torch.equal(torch.stack(dit.calls)[:, 0], sigmas[:, 0] * 1000)  # one time per sample, as always
     # a velocity of ones takes every frame from its noise down by its whole schedule: 1 - 0
     torch.testing.assert_close(z, start - 1.0)
+
+
+def test_stochastic_steps_draw_each_chunks_own_noise_whatever_the_batch():
+    from tempo_cli import pipeline
+    from tempo_cli.plan import make_plan
+
+    level = make_plan(65, (4, 2), (1, 2), height=16, width=16).levels[1]  # the 12 fps level, in two chunks
+    assert len(level.chunks) == 2 and level.chunks[0].latent_frames == level.chunks[1].latent_frames
+    settings = pipeline.LevelSampling(steps=6, shift=3.0, guidance="none", guidance_scale=1.0, eta=0.5,
+                                      eta_window=(0.2, 0.9))
+    conditions = [torch.zeros(4 + 4, c.latent_frames, 2, 2) for c in level.chunks]
+
+    def denoise(chosen, micro_batch=None):
+        return pipeline.denoise_level(_Recorder(), level, conditions, torch.zeros(3, 8), None, chosen, seed=1,
+                                      micro_batch=micro_batch)
+
+    together, alone = denoise(settings), denoise(settings, micro_batch=1)
+    euler = denoise(dataclasses.replace(settings, eta=0.0))
+    for a, b, plain in zip(together, alone, euler):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)  # each chunk's own stream, batched or not
+        assert not torch.allclose(a, plain, atol=1e-3)
+    torch.testing.assert_close(together, denoise(settings))  # reproducible from the seed
 
 
 def test_partial_schedule_starts_every_frame_at_the_strength():

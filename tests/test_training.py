@@ -886,6 +886,10 @@ def test_training_noise_is_correlated_as_the_train_section_says_level_by_level(t
                          ("train.noise_correlation=[0.5]", "train.noise_correlation needs one value per level"),
                          ("sampler.lag=[2]", "sampler.lag needs one number of steps"),
                          ("sampler.lag=[2,0,-1]", "sampler.lag needs one number of steps"),
+                         ("sampler.eta=[0.5]", "sampler.eta needs one value in"),
+                         ("sampler.eta=[1.5,0,0]", "sampler.eta needs one value in"),
+                         ("sampler.eta_window=[0.8,0.1]", "sampler.eta_window is"),
+                         ("sampler.eta=[0.7,0,0] sampler.eta_window=[0.1,0.8]", None),
                          ("sampler.stagger=[0.5,0,0]", None), ("sampler.lag=[3,0,0]", None),
                          ("sampler.stagger=[0.5,0,0] sampler.lag=[3,0,0]", "both set a level's lag")):
         if message is None:
