@@ -114,12 +114,13 @@ def flow_step(z: Tensor, velocity: Tensor, sigma: float | Tensor, sigma_next: fl
     ``eps = z + (1 - sigma) v``; the step lands on ``(1 - sigma_next) x0 + sigma_next (sqrt(1 - eta^2) eps + eta
     fresh)``, ``fresh`` standard normal like ``z``. ``eta`` 0 is the Euler step, 1 ancestral sampling (the noise
     redrawn whole). Only where ``window[0] <= sigma <= window[1]`` (per latent frame when sigma is one per frame, a
-    tensor broadcasting against ``z``) and ``0 < sigma_next < sigma``; elsewhere the Euler step, so a latent frame
-    that waits its turn in a rolling schedule (or is done) keeps its values."""
+    tensor broadcasting against ``z``) and ``sigma_next < sigma``; elsewhere the Euler step, so a latent frame
+    that waits its turn in a rolling schedule (or is done) keeps its values. A step to ``sigma_next = 0`` lands on
+    ``x0`` whatever ``eta``."""
     s = torch.as_tensor(sigma, dtype=z.dtype, device=z.device)
     s_next = torch.as_tensor(sigma_next, dtype=z.dtype, device=z.device)
     x0, eps = z - s * velocity, z + (1 - s) * velocity
-    share = eta * ((s >= window[0]) & (s <= window[1]) & (s_next > 0) & (s_next < s)).to(z.dtype)
+    share = eta * ((s >= window[0]) & (s <= window[1]) & (s_next < s)).to(z.dtype)
     return (1 - s_next) * x0 + s_next * ((1 - share.square()).sqrt() * eps + share * fresh)
 
 

@@ -523,22 +523,21 @@ class Trainer:
             return np.ascontiguousarray(clip[::interval]), caption
 
         mine = distributed.my_share(list(range(count)))
-        made, clips = {}, {}
+        made, rendered = {}, {}
         shown = f" ({len(mine)} on this rank)" if len(mine) < count else ""
         with self._evaluating(), torch.autocast(self.device.type, dtype=torch.bfloat16), torch.no_grad(), \
                 self.progress.task(f"decoder: the DiT's latents of {count} clips{shown}", len(mine)) as advance:
             for n in mine:
-                clips[n], caption = clip_of(n)
-                clean = self.vae.encode(training.to_video(clips[n])[None].to(self.device))[0]
+                rendered[n], caption = clip_of(n)
+                clean = self.vae.encode(training.to_video(rendered[n])[None].to(self.device))[0]
                 embeds, negative = self._prompt_embeds(caption, settings.guided)
                 (latent,) = denoise_level(self.dit, level, conditions, embeds, negative, settings, seed=draws[n][0],
                                           start=[clean], strength=draws[n][1], shared=False)
                 made[n] = latent.to(torch.bfloat16)
                 advance(1)
-        made = distributed.gather(made)
-        latents = [made[n] for n in range(count)]
-        clips = [torch.from_numpy(clips[n] if n in clips else clip_of(n)[0]) for n in range(count)]
-        pairs = torch.stack(latents), torch.stack(clips)
+        made = distributed.gather(made)  # the other ranks' clips are rendered again here: cheaper than sending them
+        pairs = (torch.stack([made[n] for n in range(count)]),
+                 torch.stack([torch.from_numpy(rendered[n] if n in rendered else clip_of(n)[0]) for n in range(count)]))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"latents": pairs[0], "clips": pairs[1]}, path, key)
         return pairs
