@@ -130,15 +130,27 @@ def _encoder_fingerprint(vae) -> str:
 
 def _fingerprint(model: torch.nn.Module, prefixes: tuple[str, ...] = ("",)) -> str:
     """sha256 of ``model``'s tensors whose names start with one of ``prefixes`` (all by default), and of its latent
-    statistics where it has them (a VAE's)."""
+    statistics where it has them (a VAE's). Each tensor's own bytes are hashed, one tensor at a time and without a
+    copy on the CPU, so a bf16 model is not widened; a float32 model's fingerprint is the one caches made before
+    this hold."""
     digest = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         if name.startswith(prefixes):
             digest.update(name.encode())
-            digest.update(value.detach().float().cpu().numpy().tobytes())
-    if hasattr(model.config, "latents_mean"):
+            if value.dtype != torch.float32:
+                digest.update(str(value.dtype).encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    if hasattr(getattr(model, "config", None), "latents_mean"):
         digest.update(json.dumps([model.config.latents_mean, model.config.latents_std]).encode())
     return digest.hexdigest()
+
+
+def _changed_fields(settings) -> str:
+    """JSON of a dataclass's fields that have no default or differ from it: a cache key that stays the same when a
+    field whose default changes nothing is added later."""
+    changed = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+               if f.default is dataclasses.MISSING or getattr(settings, f.name) != f.default}
+    return json.dumps(changed, sort_keys=True)
 
 
 def _read_cache(path: Path, captions: dict[str, list[str]], shape_delta: bool) -> dict[int, training.Prepared]:
@@ -504,9 +516,9 @@ class Trainer:
         video, interval, rank = self.preset.video, self.preset.video.frame_intervals[0], distributed.rank()
         settings = LevelSampling.for_level(self.preset, interval)
         path = self.out / "cache" / f"decoder-pairs-rank{rank}.safetensors"
-        key = {"format": "1", "vae": _encoder_fingerprint(self.vae), "dit": _fingerprint(self.dit),
+        key = {"format": "2", "vae": _encoder_fingerprint(self.vae), "dit": _fingerprint(self.dit),
                "count": str(count), "strength": json.dumps([low, high]), "seed": str(self.seed),
-               "data": self.source.identity, "sampler": repr(settings),
+               "data": self.source.identity, "sampler": _changed_fields(settings),
                "negative": self.preset.sampler.negative_prompt, "frames": str(frames)}
         if _matching_metadata(path, key) is not None:
             self.progress.log(f"decoder: using the DiT's latents of {count} clips in {path}")

@@ -674,6 +674,40 @@ def test_the_decoder_phase_can_learn_from_the_dits_own_latents(tmp_path, tiny_tr
             load_preset("tiny-train", [bad])
 
 
+def test_fingerprints_hash_each_tensors_own_bytes():
+    """A float32 model's fingerprint is the one caches were keyed by before (its values' bytes); a bf16 model is
+    hashed as it is, not widened, and any changed weight changes the fingerprint."""
+    import hashlib
+
+    from tempo_cli.trainer import _fingerprint
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    before = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        before.update(name.encode())
+        before.update(value.detach().float().numpy().tobytes())
+    assert _fingerprint(model) == before.hexdigest()
+    half = _fingerprint(model.to(torch.bfloat16))
+    assert half != before.hexdigest() and half == _fingerprint(model)
+    with torch.no_grad():
+        model[1].bias[2] += 1
+    assert _fingerprint(model) != half
+    assert _fingerprint(model, ("0.",)) == _fingerprint(torch.nn.Sequential(model[0]), ("0.",))
+
+
+def test_cached_decoder_pairs_are_keyed_by_the_sampler_settings_that_differ_from_the_defaults():
+    """A sampler setting added later with a default that changes nothing leaves the key, so the cache, as it was."""
+    from tempo_cli.pipeline import LevelSampling
+    from tempo_cli.trainer import _changed_fields
+
+    euler = LevelSampling(24, 5.0, "cfg", 4.0, noise_correlation=0.9)
+    assert json.loads(_changed_fields(euler)) == {"steps": 24, "shift": 5.0, "guidance": "cfg",
+                                                   "guidance_scale": 4.0, "noise_correlation": 0.9}
+    stochastic = dataclasses.replace(euler, eta=0.7, eta_window=(0.1, 0.8))
+    assert json.loads(_changed_fields(stochastic))["eta_window"] == [0.1, 0.8]
+    assert _changed_fields(dataclasses.replace(stochastic, eta=0.0, eta_window=(0.0, 1.0))) == _changed_fields(euler)
+
+
 def test_export_writes_a_stopped_runs_checkpoint_as_a_preset_with_its_ema_weights(tmp_path, tiny_train, capsys,
                                                                                    monkeypatch):
     from tempo_cli.trainer import Trainer
