@@ -6,8 +6,8 @@ and hold together, judged against the toy world's ground truth (the figures behi
 * consistency: a 30 s video refined to 24 fps, then continued twice by 15 s to 60 s with a new prompt (the joins
   judged apart).
 
-    python benchmarks/toy_model.py [--prompts 24] [--seconds 10] [--seeds 0 1 2] [--threads N] [--skip-long]
-        [--preset toy]
+    python benchmarks/toy_model.py [--prompts 24] [--seconds 10] [--seeds 0 1 2] [--own-seeds] [--threads N]
+        [--skip-long] [--preset toy]
 """
 
 from __future__ import annotations
@@ -40,11 +40,14 @@ def timed_generation(session, seconds: float) -> None:
               f"{end - done:.1f} s, total {end - start:.1f} s for {len(frames)} frames")
 
 
-def adherence_table(session, count: int, seed: int) -> dict[str, float]:
-    print(f"blueprints at seed {seed}:")
+def adherence_table(session, count: int, seed: int, own_seeds: bool = False) -> dict[str, float]:
+    """The figures of ``count`` prompts' 5 s blueprints, all at ``seed``, or with ``own_seeds`` prompt i at seed
+    ``seed * count + i``: each prompt its own initial noise, so one run is many draws, not one."""
+    print(f"blueprints at seed {seed}" + (f" (prompt i at seed {seed * count} + i)" if own_seeds else "") + ":")
     judged = []
-    for prompt in prompt_set(count):
-        frames = encode.run(session, blueprint.run(session, prompt, fps=6, seconds=5, seed=seed))
+    for index, prompt in enumerate(prompt_set(count)):
+        frames = encode.run(session, blueprint.run(session, prompt, fps=6, seconds=5,
+                                                   seed=seed * count + index if own_seeds else seed))
         j = adherence(frames, prompt)
         judged.append(j)
         print(f"  {prompt:62s} found {j.found:4.2f} colour {j.colour_share:4.2f} shape {j.shape_share:4.2f} "
@@ -92,6 +95,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="judge the blueprints at each of these seeds (the tests use 0); a single seed's motion "
                         "figure moves by a prompt or two with the noise")
+    parser.add_argument("--own-seeds", action="store_true",
+                        help="give each prompt its own seed (seed x prompts + its index) instead of all the same one, "
+                        "as the tests do; every prompt then starts from its own noise")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-long", action="store_true", help="skip the 30 s and 60 s videos")
     args = parser.parse_args()
@@ -100,7 +106,7 @@ def main() -> None:
     session = open_session(args.preset, None, None, "cpu", None, quiet=True)
     print(f"preset {args.preset}, {torch.get_num_threads()} threads, dtype {session.store.dtype}")
     timed_generation(session, args.seconds)
-    figures = [adherence_table(session, args.prompts, seed) for seed in args.seeds]
+    figures = [adherence_table(session, args.prompts, seed, args.own_seeds) for seed in args.seeds]
     if len(figures) > 1:
         keys = ("colour", "worst colour", "shape", "motion", "jumps")
         mean = {key: np.mean([f[key] for f in figures]) for key in keys}
