@@ -96,8 +96,8 @@ def main() -> None:
                         help="judge the blueprints at each of these seeds (the tests use 0); a single seed's motion "
                         "figure moves by a prompt or two with the noise")
     parser.add_argument("--own-seeds", action="store_true",
-                        help="give each prompt its own seed (seed x prompts + its index) instead of all the same one, "
-                        "as the tests do; every prompt then starts from its own noise")
+                        help="give each prompt its own seed (seed x prompts + its index), so that every prompt "
+                        "starts from its own noise; by default (and in the tests) all prompts of a seed share it")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-long", action="store_true", help="skip the 30 s and 60 s videos")
     args = parser.parse_args()

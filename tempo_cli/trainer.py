@@ -130,9 +130,9 @@ def _encoder_fingerprint(vae) -> str:
 
 def _fingerprint(model: torch.nn.Module, prefixes: tuple[str, ...] = ("",)) -> str:
     """sha256 of ``model``'s tensors whose names start with one of ``prefixes`` (all by default), and of its latent
-    statistics where it has them (a VAE's). Each tensor's own bytes are hashed, one tensor at a time and without a
-    copy on the CPU, so a bf16 model is not widened; a float32 model's fingerprint is the one caches made before
-    this hold."""
+    statistics where it has them (a VAE's). Each tensor's own bytes are hashed, one tensor at a time: a bf16 model
+    is not widened to float32, and a tensor already on the CPU is not copied. A float32 model keeps the fingerprint
+    that caches made before this hold."""
     digest = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         if name.startswith(prefixes):
