@@ -119,7 +119,7 @@ def flow_step(z: Tensor, velocity: Tensor, sigma: float | Tensor, sigma_next: fl
     ``x0`` whatever ``eta``."""
     s = torch.as_tensor(sigma, dtype=z.dtype, device=z.device)
     s_next = torch.as_tensor(sigma_next, dtype=z.dtype, device=z.device)
-    x0, eps = z - s * velocity, z + (1 - s) * velocity
+    x0, eps = velocity_to_x0(z, velocity, s), z + (1 - s) * velocity
     share = eta * ((s >= window[0]) & (s <= window[1]) & (s_next < s)).to(z.dtype)
     return (1 - s_next) * x0 + s_next * ((1 - share.square()).sqrt() * eps + share * fresh)
 
