@@ -115,8 +115,11 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
     counts = chunk_counts(session.preset, chain, chunks, layout)
     coarse = decode_file(session.store, parent, session.progress)
     run_seed = header.seed if seed is None else seed
+    negative = parent.negative_embeds
+    if negative is None and any(LevelSampling.for_level(session.preset, s, steps).guided for s in chain[1:]):
+        negative = negative_embeds(session, parent)
     levels, latents, settings = refine_levels(session, coarse, level_from_header(header), chain, counts, layout,
-                                              parent.prompt_embeds, parent.negative_embeds, run_seed, steps=steps,
+                                              parent.prompt_embeds, negative, run_seed, steps=steps,
                                               micro_batch=micro_batch)
     history = list(header.levels) + [level_record(header)]
     for level in levels[1:-1]:  # each intermediate level with its own steps, not the final level's
@@ -130,7 +133,21 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
         fps=session.preset.video.fps / final.interval, frame_interval=final.interval, frames=final.frames,
         layout=layout, chunks=chunk_records(final), levels=history, parent_sha256=parent.source_sha256,
         created=utc_now())
-    return LatentFile(child, latents, parent.prompt_embeds, parent.negative_embeds)
+    return LatentFile(child, latents, parent.prompt_embeds, negative)
+
+
+def negative_embeds(session: "Session", parent: "LatentFile") -> "torch.Tensor":
+    """The negative prompt's embeddings for refining with guidance a file made without it, which kept none: its
+    header's negative prompt, encoded (an empty one is all padding, a zero embedding, as when guided from the
+    start)."""
+    import torch
+
+    from tempo_cli.pipeline import encode_prompts
+
+    text = parent.header.negative_prompt
+    if not text.strip():
+        return torch.zeros_like(parent.prompt_embeds)
+    return encode_prompts(session.store, parent.header.prompt, text, True, session.progress)[1]
 
 
 def video_as_parent(session: "Session", path: Path, prompt: str | None, seed: int) -> "LatentFile":

@@ -413,6 +413,28 @@ def test_guidance_scale_and_negative_prompt_flags_reach_the_sampler_and_the_head
     assert [s["negative_prompt"] for s in h.extra["segments"]] == [load(chain.b6).header.negative_prompt, "dark"]
 
 
+def test_refining_with_guidance_a_blueprint_made_without_it_guides(chain, tmp_path):
+    """A file made at guidance scale 1 keeps no negative embeddings; refining it guided must encode them, not run
+    unguided under a header that says otherwise."""
+    from stages.refine import negative_embeds
+    from tempo_cli.options import open_session
+
+    b6, guided, plain = (tmp_path / f"{name}.safetensors" for name in ("b6", "guided", "plain"))
+    ok(tempo("blueprint", PROMPT, "--frames", N, "--preset", "tiny-random", "--cfg", 1, "-o", b6, *CPU))
+    assert load(b6).negative_embeds is None
+    ok(tempo("refine", b6, "--to", 12, "--cfg", 3, "-o", guided, *CPU))
+    ok(tempo("refine", b6, "--to", 12, "--cfg", 1, "-o", plain, *CPU))
+    made, unguided = load(guided), load(plain)
+    assert made.header.guidance_scale == 3.0 and not same_latents(made, unguided)
+    assert made.negative_embeds is not None and unguided.negative_embeds is None
+    # the same embeddings a guided blueprint keeps: its header's negative prompt (the preset's), encoded
+    assert torch.allclose(made.negative_embeds, load(chain.b6).negative_embeds)
+    session = open_session("tiny-random", ["sampler.negative_prompt=''"], None, "cpu", "fp32", quiet=True)
+    empty = load(b6)
+    empty = LatentFile(replace(empty.header, negative_prompt=""), empty.chunks, empty.prompt_embeds, None)
+    assert torch.equal(negative_embeds(session, empty), torch.zeros_like(empty.prompt_embeds))
+
+
 def test_continue_through_a_pipe_keeps_the_prompt_schedule(piped):
     h = from_bytes(piped.continued.out).header
     assert (h.stage, h.frames, h.prompt) == ("continue", N + 13 - 4, PROMPT)  # no --prompt: the input's
