@@ -109,7 +109,8 @@ def run(session: "Session", prompt: str, *, fps: float, frames: int | None = Non
     """Generate the blueprint level; returns its latent file (not yet written). With ``video`` the level starts
     from that video's latents noised to ``strength`` (default 0.8) instead of from pure noise."""
     from tempo_cli.latents import LatentFile, LatentHeader
-    from tempo_cli.pipeline import LevelSampling, chunk_records, denoise_level, encode_prompts, level_conditions
+    from tempo_cli.pipeline import (LevelSampling, chunk_records, denoise_level, encode_prompts, guided_anywhere,
+                                    level_conditions)
     from tempo_cli.plan import make_plan
     from tempo_cli.presets import resolved_dict
 
@@ -129,7 +130,8 @@ def run(session: "Session", prompt: str, *, fps: float, frames: int | None = Non
     level = make_plan(count, (interval,), (1,), height=height, width=width, base_fps=preset.video.fps).levels[0]
     settings = LevelSampling.for_level(preset, interval, steps)
     weights_id = store.weights_id
-    embeds, negative = encode_prompts(store, prompt, preset.sampler.negative_prompt, settings.guided, progress)
+    embeds, negative = encode_prompts(store, prompt, preset.sampler.negative_prompt, guided_anywhere(preset),
+                                      progress)
     conditions = level_conditions(store.vae(), level, None, anchors, height, width)
     start = start_latents(store.vae(), level, source) if source is not None else None
     latents = denoise_level(store.dit(), level, conditions, embeds, negative, settings, seed,

@@ -49,7 +49,7 @@ def run(session: "Session", parent: "LatentFile", *, seconds: float = 10.0, cont
     """Continue ``parent`` by ``seconds``; returns the joined video's latent file (not yet written)."""
     from tempo_cli.latents import LatentFile, utc_now
     from tempo_cli.pipeline import (LevelSampling, chunk_records, decode_file, decode_level, denoise_level,
-                                    encode_prompts, level_conditions)
+                                    encode_prompts, guided_anywhere, level_conditions)
     from tempo_cli.plan import make_plan
 
     preset, store, progress = session.preset, session.store, session.progress
@@ -76,7 +76,7 @@ def run(session: "Session", parent: "LatentFile", *, seconds: float = 10.0, cont
     tail = decode_file(store, parent, progress, first=offset)  # [3, C, H, W]
     anchors = context_anchors(tail, chain)
     prompt = header.prompt if prompt is None else prompt
-    guided = LevelSampling.for_level(preset, chain[0]).guided
+    guided = guided_anywhere(preset)
     if (prompt == header.prompt and preset.sampler.negative_prompt == header.negative_prompt
             and (parent.negative_embeds is not None or not guided)):
         embeds, negative = parent.prompt_embeds, parent.negative_embeds  # the input's own, as it was made

@@ -153,7 +153,7 @@ def negative_embeds(session: "Session", parent: "LatentFile") -> "torch.Tensor":
 def video_as_parent(session: "Session", path: Path, prompt: str | None, seed: int) -> "LatentFile":
     """A video file taken as the coarse level: encoded into a latent file of one chunk, with the prompt."""
     from tempo_cli.latents import LatentFile, LatentHeader
-    from tempo_cli.pipeline import LevelSampling, chunk_records, encode_prompts
+    from tempo_cli.pipeline import LevelSampling, chunk_records, encode_prompts, guided_anywhere
     from tempo_cli.plan import make_plan
     from tempo_cli.presets import resolved_dict
     from tempo_cli.video import from_uint8_frames, read_video, resize_frames
@@ -172,7 +172,8 @@ def video_as_parent(session: "Session", path: Path, prompt: str | None, seed: in
     video = from_uint8_frames(resize_frames(frames[:count], height, width))  # [3, T, H, W]
     level = make_plan(count, (interval,), (1,), height=height, width=width, base_fps=preset.video.fps).levels[0]
     settings = LevelSampling.for_level(preset, interval)
-    embeds, negative = encode_prompts(store, prompt, preset.sampler.negative_prompt, settings.guided, progress)
+    embeds, negative = encode_prompts(store, prompt, preset.sampler.negative_prompt, guided_anywhere(preset),
+                                      progress)
     vae = store.vae()
     import torch
 

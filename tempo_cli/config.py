@@ -227,7 +227,9 @@ class SamplerConfig:
     steps: tuple[int, ...]
     shift: tuple[float, ...]
     guidance: str = "apg"
-    guidance_scale: float = 8.0
+    # one scale for every level, or one per level (coarse to fine); 1 turns guidance off there, which halves the
+    # level's DiT passes
+    guidance_scale: float | tuple[float, ...] = 8.0
     negative_prompt: str = ""
     noise_correlation: tuple[float, ...] = ()
     noise_prior: str = "mixed"
@@ -274,8 +276,20 @@ class SamplerConfig:
             raise ConfigError(f"sampler.shift needs one positive value per level, got {list(self.shift)}")
         if self.guidance not in GUIDANCE_KINDS:
             raise ConfigError(f"sampler.guidance must be one of {', '.join(GUIDANCE_KINDS)}, got {self.guidance!r}")
-        if self.guidance_scale < 1:
+        if isinstance(self.guidance_scale, (list, tuple)):
+            object.__setattr__(self, "guidance_scale", tuple(float(g) for g in self.guidance_scale))
+            if len(self.guidance_scale) != len(self.steps) or not all(1 <= g < math.inf for g in self.guidance_scale):
+                raise ConfigError(f"sampler.guidance_scale needs one number, or one per level, each at least 1; got "
+                                  f"{list(self.guidance_scale)}")
+        elif not 1 <= float(self.guidance_scale) < math.inf:
             raise ConfigError(f"sampler.guidance_scale must be at least 1, got {self.guidance_scale}")
+        else:
+            object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
+
+    def guidance_scale_at(self, index: int) -> float:
+        """The guidance scale of level ``index`` (coarse to fine)."""
+        scale = self.guidance_scale
+        return scale[index] if isinstance(scale, tuple) else scale
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class LevelSampling:
         index = preset.video.level_index(interval)
         sampler = preset.sampler
         return cls(steps if steps is not None else sampler.steps[index], sampler.shift[index], sampler.guidance,
-                   sampler.guidance_scale, sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
+                   sampler.guidance_scale_at(index), sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
                    sampler.noise_prior, sampler.stagger[index] if sampler.stagger else 0.0,
                    sampler.lag[index] if sampler.lag else 0.0, sampler.eta[index] if sampler.eta else 0.0,
                    sampler.eta_window)
@@ -66,6 +66,12 @@ class LevelSampling:
     @property
     def guided(self) -> bool:
         return self.guidance != "none" and self.guidance_scale != 1.0
+
+
+def guided_anywhere(preset: Preset) -> bool:
+    """Whether any level of ``preset`` samples with guidance, so that a prompt's file must carry the negative
+    prompt's embeddings for the levels that will refine it."""
+    return any(LevelSampling.for_level(preset, s).guided for s in preset.video.frame_intervals)
 
 
 # ---- one level -------------------------------------------------------------------------------------------------

@@ -145,6 +145,23 @@ def test_overrides_parse_yaml_values() -> None:
     assert data == {"video": {"height": 64}}  # the input is not changed
 
 
+def test_guidance_scale_is_one_number_or_one_per_level() -> None:
+    from tempo_cli.pipeline import LevelSampling, guided_anywhere
+
+    per_level = load_preset("tiny-random", ["sampler.guidance_scale=[1, 3.5, 2]"])
+    assert per_level.sampler.guidance_scale == (1.0, 3.5, 2.0)
+    levels = [LevelSampling.for_level(per_level, s) for s in per_level.video.frame_intervals]
+    assert [(s.guidance_scale, s.guided) for s in levels] == [(1.0, False), (3.5, True), (2.0, True)]
+    assert guided_anywhere(per_level)
+    assert not guided_anywhere(load_preset("tiny-random", ["sampler.guidance_scale=[1, 1, 1]"]))
+    one = load_preset("tiny-random", ["sampler.guidance_scale=3"])
+    assert one.sampler.guidance_scale == 3.0 and {LevelSampling.for_level(one, s).guidance_scale
+                                                  for s in one.video.frame_intervals} == {3.0}
+    for bad in ("[4, 4]", "[4, 0.5, 4]", "0.5", ".inf"):
+        with pytest.raises(ConfigError, match="sampler.guidance_scale"):
+            load_preset("tiny-random", [f"sampler.guidance_scale={bad}"])
+
+
 @pytest.mark.parametrize("negative", ['blurry: "x", #1', "two\nlines\ttab 'q' \\ é 🙂", "", "- [a]"])
 def test_sampling_flags_become_overrides_that_keep_the_text(negative: str) -> None:
     from tempo_cli.options import sampler_overrides

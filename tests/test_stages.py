@@ -435,6 +435,21 @@ def test_refining_with_guidance_a_blueprint_made_without_it_guides(chain, tmp_pa
     assert torch.equal(negative_embeds(session, empty), torch.zeros_like(empty.prompt_embeds))
 
 
+def test_a_guidance_scale_per_level_guides_only_the_levels_that_ask(chain, tmp_path):
+    per_level = ("--set", "sampler.guidance_scale=[1, 3, 3]")
+    b6, plain6, r12 = (tmp_path / f"{name}.safetensors" for name in ("b6", "plain6", "r12"))
+    ok(tempo("blueprint", PROMPT, "--frames", N, "--preset", "tiny-random", *per_level, "-o", b6, *CPU))
+    ok(tempo("blueprint", PROMPT, "--frames", N, "--preset", "tiny-random", "--cfg", 1, "-o", plain6, *CPU))
+    made = load(b6)
+    assert made.header.guidance_scale == 1.0 and same_latents(made, load(plain6))  # the blueprint is unguided
+    assert torch.equal(made.negative_embeds, load(chain.b6).negative_embeds)  # kept for the levels that guide
+    ok(tempo("refine", b6, "--to", 12, *per_level, "-o", r12, *CPU))
+    refined, unguided = load(r12), tmp_path / "u12.safetensors"
+    assert refined.header.guidance_scale == 3.0
+    ok(tempo("refine", b6, "--to", 12, "--cfg", 1, "-o", unguided, *CPU))
+    assert not same_latents(refined, load(unguided))
+
+
 def test_continue_through_a_pipe_keeps_the_prompt_schedule(piped):
     h = from_bytes(piped.continued.out).header
     assert (h.stage, h.frames, h.prompt) == ("continue", N + 13 - 4, PROMPT)  # no --prompt: the input's
