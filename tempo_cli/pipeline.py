@@ -58,7 +58,8 @@ class LevelSampling:
         index = preset.video.level_index(interval)
         sampler = preset.sampler
         return cls(steps if steps is not None else sampler.steps[index], sampler.shift[index], sampler.guidance,
-                   sampler.guidance_scale_at(index), sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
+                   sampler.guidance_scale_at(index),
+                   sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
                    sampler.noise_prior, sampler.stagger[index] if sampler.stagger else 0.0,
                    sampler.lag[index] if sampler.lag else 0.0, sampler.eta[index] if sampler.eta else 0.0,
                    sampler.eta_window)
