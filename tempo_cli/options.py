@@ -33,7 +33,8 @@ DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the whole run; each level and chunk draws its own "
                                       "noise stream from it.")]
 GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance-scale", "--cfg", help="Guidance scale of every "
-                                                      "level (default: the preset's; 1 turns guidance off).")]
+                                                      "level (default: the preset's; 1 turns guidance off; one per "
+                                                      "level: --set sampler.guidance_scale=[4,2,1]).")]
 NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", help="What the video should not show: "
                                                     "the guidance's negative prompt (default: the preset's).")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps per level (default: preset's).")]
