@@ -108,7 +108,7 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
         micro_batch: int | None = None) -> "LatentFile":
     """Refine a latent file to ``to_fps``; returns the finest level's latent file (not yet written)."""
     from tempo_cli.latents import LatentFile, utc_now
-    from tempo_cli.pipeline import LevelSampling, chunk_records, decode_file, level_from_header
+    from tempo_cli.pipeline import LevelSampling, chunk_records, decode_file, guided_anywhere, level_from_header
 
     header = parent.header
     chain = level_chain(session.preset, header.frame_interval, to_fps, via)
@@ -116,7 +116,7 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
     coarse = decode_file(session.store, parent, session.progress)
     run_seed = header.seed if seed is None else seed
     negative = parent.negative_embeds
-    if negative is None and any(LevelSampling.for_level(session.preset, s, steps).guided for s in chain[1:]):
+    if negative is None and guided_anywhere(session.preset, chain[1:]):
         negative = negative_embeds(session, parent)
     levels, latents, settings = refine_levels(session, coarse, level_from_header(header), chain, counts, layout,
                                               parent.prompt_embeds, negative, run_seed, steps=steps,

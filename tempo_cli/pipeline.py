@@ -69,10 +69,11 @@ class LevelSampling:
         return self.guidance != "none" and self.guidance_scale != 1.0
 
 
-def guided_anywhere(preset: Preset) -> bool:
-    """Whether any level of ``preset`` samples with guidance, so that a prompt's file must carry the negative
-    prompt's embeddings for the levels that will refine it."""
-    return any(LevelSampling.for_level(preset, s).guided for s in preset.video.frame_intervals)
+def guided_anywhere(preset: Preset, intervals: Sequence[int] | None = None) -> bool:
+    """Whether any level of ``preset`` (or those at frame ``intervals``) samples with guidance, so that a prompt's
+    file must carry the negative prompt's embeddings for the levels that will refine it."""
+    chosen = preset.video.frame_intervals if intervals is None else intervals
+    return any(LevelSampling.for_level(preset, s).guided for s in chosen)
 
 
 # ---- one level -------------------------------------------------------------------------------------------------
