@@ -15,7 +15,9 @@ stderr = Console(stderr=True, highlight=False)
 
 
 def note(message: str) -> None:
-    stderr.print(message, markup=False)
+    """``message`` on stderr as written: its lines are not wrapped to the terminal's width (80 columns when stderr is a
+    file or a pipe), so a one-line note stays one line for whoever reads or greps the log."""
+    stderr.print(message, markup=False, soft_wrap=True)
 
 
 class RichProgress(EngineProgress):

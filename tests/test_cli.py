@@ -222,6 +222,18 @@ def test_main_can_run_again_in_one_process(capsys):
     assert len([n for n in names if n is not None]) == len({n for n in names if n is not None})
 
 
+def test_the_toy_notice_is_one_line_on_stderr(capsys):
+    """The toy preset's notice is longer than the 80 columns rich assumes when stderr is not a terminal; it must
+    still reach stderr as one line (the toy model's issue asks for one), not wrapped into three."""
+    from tempo_cli.presets import load_preset
+
+    notice = load_preset("toy").notice
+    assert len(notice) > 80
+    assert main(["blueprint", "a red ball bouncing on a black background", "--seconds", "0"]) != 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines()[0] == notice
+
+
 def test_unknown_command_is_a_usage_error(capsys):
     assert main(["no-such-command"]) == 2
     captured = capsys.readouterr()
