@@ -114,7 +114,7 @@ def command(
     context: Annotated[str, typer.Option("--context", help="Seconds of the input the new clip is conditioned "
                                          "on, e.g. 5s.")] = "5s",
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt of the new clip (default: the "
-                                                  "input's; needed for a video input).")] = None,
+                                                  "input's; needed for a video tempo did not write).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: the input's plus the number of "
                                                 "segments so far).")] = None,
     layout: opt.LayoutOpt = "seamless",

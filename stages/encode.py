@@ -1,4 +1,5 @@
-"""``tempo encode``: decode a latent file (any level) and write an H.264 mp4, a gif, or a contact sheet."""
+"""``tempo encode``: decode a latent file (any level) and write an H.264 mp4, a VP9 webm, a gif, or a contact sheet;
+the mp4, webm and sheet carry the latent file's header (``tempo inspect`` reads it)."""
 
 from __future__ import annotations
 
@@ -28,16 +29,19 @@ def run(session: "Session", latent_file: "LatentFile") -> "np.ndarray":
     return to_uint8_frames(video)
 
 
-def write_outputs(frames, fps: float, output: str | None, sheet: Path | None, quality: int | None,
+def write_outputs(frames, header, fps: float, output: str | None, sheet: Path | None, quality: int | None,
                   force: bool) -> list[str]:
-    """Write the video and/or the contact sheet; returns the written paths."""
+    """Write the video and/or the contact sheet, each tagged with ``header`` (the latent file's); returns the
+    written paths."""
+    from tempo_cli.latents import media_metadata
     from tempo_cli.video import contact_sheet, write_video
 
+    metadata = media_metadata(header)
     written = []
     if output is not None:
-        written.append(str(write_video(frames, output, fps, quality=quality, force=force)))
+        written.append(str(write_video(frames, output, fps, quality=quality, force=force, metadata=metadata)))
     if sheet is not None:
-        written.append(str(contact_sheet(frames, sheet, force=force)))
+        written.append(str(contact_sheet(frames, sheet, force=force, metadata=metadata)))
     return written
 
 
@@ -57,8 +61,9 @@ def check_outputs(output: str | None, sheet: Path | None, force: bool) -> None:
 
 def command(
     source: Annotated[str, typer.Argument(help="Latent file of any level, or '-' for stdin.")],
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Video to write: .mp4 (H.264) or "
-                                                  ".gif (default: the input's name with .mp4).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Video to write: .mp4 (H.264), "
+                                                  ".webm (VP9) or .gif (default: the input's name with .mp4); "
+                                                  "an .mp4 or .webm keeps the input's header.")] = None,
     fps: Annotated[Optional[float], typer.Option("--fps", help="Playback frame rate (default: the level's).")] = None,
     quality: Annotated[Optional[int], typer.Option("--quality", help="H.264 CRF, 0-51, lower is better "
                                                    "(default 18).")] = None,
@@ -89,7 +94,8 @@ def command(
     check_compatible(latent_file.header, session.preset.name, session.store.weights_id, allow_mismatch=allow_mismatch,
                      name=source)
     frames = run(session, latent_file)
-    for path in write_outputs(frames, fps or latent_file.header.fps, output, sheet, quality, force):
+    header = latent_file.header
+    for path in write_outputs(frames, header, fps or header.fps, output, sheet, quality, force):
         opt.emit_path(path)
 
 

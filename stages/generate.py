@@ -73,7 +73,8 @@ def command(
     if not distributed.is_main():  # under torchrun, rank 0 decodes and writes
         return
     frames_out = encode.run(session, result)
-    for path in encode.write_outputs(frames_out, result.header.fps, str(output), None, quality, force):
+    header = result.header
+    for path in encode.write_outputs(frames_out, header, header.fps, str(output), None, quality, force):
         opt.emit_path(path)
 
 

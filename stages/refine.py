@@ -18,7 +18,7 @@ from tempo_cli.plugins import Stage
 if TYPE_CHECKING:
     import torch
 
-    from tempo_cli.latents import LatentFile
+    from tempo_cli.latents import LatentFile, LatentHeader
     from tempo_cli.options import Session
     from tempo_cli.plan import Level
 
@@ -160,7 +160,8 @@ def video_as_parent(session: "Session", path: Path, prompt: str | None, seed: in
 
     preset, store, progress = session.preset, session.store, session.progress
     if not prompt or not prompt.strip():
-        raise UsageError("refining a video needs --prompt describing it")
+        raise UsageError("refining a video needs --prompt describing it",
+                         hint="a video tempo wrote (.mp4, .webm) keeps its prompt; this one does not")
     frames, fps = read_video(path)
     interval = level_interval(preset, round(fps, 3), f"the video's frame rate ({fps:g} fps),")
     count = (len(frames) - 1) // 4 * 4 + 1
@@ -196,7 +197,8 @@ def command(
     chunks: Annotated[Optional[str], typer.Option("--chunks", help="Chunks per refined level, e.g. 2,4 "
                                                   "(default: the preset's).")] = None,
     layout: opt.LayoutOpt = "seamless",
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt (needed for a video input).")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt (default: the input's; "
+                                                  "needed for a video tempo did not write).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: the input's).")] = None,
     steps: opt.StepsOpt = None,
     guidance_scale: opt.GuidanceOpt = None,
@@ -228,17 +230,34 @@ def command(
 
 def open_parent(source: str, prompt: str | None, seed: int | None, allow_mismatch: bool, args: "opt.SessionArgs"):
     """The session and the input of refine/continue: a latent file (checked against the preset and weights;
-    its preset is the default) or a video file (encoded as the coarse level, with ``prompt``)."""
+    its preset is the default) or a video file (encoded as the coarse level, with ``prompt``). A video tempo wrote
+    keeps its latent file's header, whose prompt, seed and preset are then the defaults."""
     from tempo_cli.latents import check_compatible, load
 
     is_video = source != "-" and Path(source).suffix.lower() in VIDEO_SUFFIXES
     parent = None if is_video else load(source)
-    session = args.open(fallback_preset=None if parent is None else parent.header.preset)
     if parent is None:
+        made = header_of_video(Path(source))
+        session = args.open(fallback_preset=made and made.preset)
+        if made is not None:
+            prompt, seed = prompt or made.prompt, made.seed if seed is None else seed
         return session, video_as_parent(session, Path(source), prompt, seed or 0)
+    session = args.open(fallback_preset=parent.header.preset)
     check_compatible(parent.header, session.preset.name, session.store.weights_id, allow_mismatch=allow_mismatch,
                      name=source)
     return session, parent
+
+
+def header_of_video(path: Path) -> "LatentHeader | None":
+    """The header a video tempo wrote keeps (None for any other video; a missing or unreadable file fails later,
+    where it is read)."""
+    from tempo_cli.errors import TempoError
+    from tempo_cli.latents import header_of_media
+
+    try:
+        return header_of_media(path)
+    except TempoError:
+        return None
 
 
 def default_output(source: str, fps: float) -> str:

@@ -70,13 +70,18 @@ def plan(
 
 
 def inspect(
-    source: Annotated[str, typer.Argument(help="Latent file, or '-' for stdin.")],
+    source: Annotated[str, typer.Argument(help="Latent file, or '-' for stdin; or a video (.mp4, .webm) or "
+                                          "contact sheet (.png) tempo wrote, which keeps its latent file's header.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the header as JSON.")] = False,
 ) -> None:
-    """Show a latent file's header (its tensors are not loaded)."""
-    from tempo_cli.latents import format_header, header_summary, read_header
+    """Show a latent file's header (its tensors are not loaded), or the one a video tempo wrote keeps."""
+    from pathlib import Path
 
-    header = read_header(source)
+    from tempo_cli.latents import format_header, header_of_media, header_summary, read_header
+    from tempo_cli.video import is_video
+
+    media = source != "-" and (is_video(source) or Path(source).suffix.lower() == ".png")
+    header = header_of_media(source) if media else read_header(source)
     if as_json:
         typer.echo(json.dumps(header_summary(header), indent=2, ensure_ascii=False))
     else:

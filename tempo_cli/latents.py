@@ -146,9 +146,7 @@ def save(lf: LatentFile, path: str | Path, *, force: bool = False, stream: Binar
     from safetensors.torch import save as st_save
 
     check_writable(path, force=force, stream=stream)
-    header = {**asdict(lf.header), "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-            "tempo": json.dumps(header, ensure_ascii=False)}
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "tempo": header_text(lf.header)}
     tensors = _tensors(lf)
     if str(path) == "-":
         out = stream if stream is not None else sys.stdout.buffer
@@ -176,6 +174,31 @@ def save(lf: LatentFile, path: str | Path, *, force: bool = False, stream: Binar
         raise
     _fsync_dir(path.parent)
     return str(path)
+
+
+def header_text(header: LatentHeader) -> str:
+    """The header as the JSON text a latent file keeps, and a video or contact sheet decoded from it as its
+    ``comment`` (``header_of_media`` reads it back)."""
+    return json.dumps({**asdict(header), "format": FORMAT_NAME, "format_version": FORMAT_VERSION},
+                      ensure_ascii=False)
+
+
+def media_metadata(header: LatentHeader) -> dict[str, str]:
+    """The tags a video or contact sheet decoded from a latent file carries: its prompt as the title and the whole
+    header as the comment, so the file alone tells how it was made (``tempo inspect demo.mp4``)."""
+    return {"title": header.prompt, "comment": header_text(header)}
+
+
+def header_of_media(path: str | Path) -> LatentHeader:
+    """The header of the latent file a video or contact sheet was decoded from, out of its comment."""
+    from tempo_cli.video import read_metadata
+
+    comment = read_metadata(path).get("comment")
+    if not comment or not comment.lstrip().startswith("{"):
+        raise LatentFileError(f"{path} is not a tempo latent file, nor a video or contact sheet tempo wrote (it "
+                              f"holds no tempo header)", hint=f"{_NOT_TEMPO_HINT} (its .mp4, .webm and .png files "
+                                                               f"keep their header; a .gif has no room for it)")
+    return _parse_header(comment, str(path))
 
 
 def _fsync_dir(folder: Path) -> None:

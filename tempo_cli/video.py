@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from fractions import Fraction
 from itertools import islice
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, ImageSequence
+from PIL.PngImagePlugin import PngInfo
 
 from tempo_cli.errors import ConfigError, TempoError, UsageError
 
@@ -74,12 +75,15 @@ def from_uint8_frames(frames: np.ndarray) -> torch.Tensor:
 
 
 def write_video(
-    frames: Frames, path: str | os.PathLike, fps: float, *, quality: int | None = None, force: bool = False
+    frames: Frames, path: str | os.PathLike, fps: float, *, quality: int | None = None, force: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``frames`` (uint8 ``[T, H, W, 3]`` or a tensor ``[3, T, H, W]`` in [-1, 1]) to ``path`` atomically.
 
     ``.mp4`` is H.264 yuv420p and ``.webm`` VP9, both at crf ``quality`` (default 18; lower is better) and both
-    needing an even width and height; ``.gif`` plays each frame for about 1000/fps ms. Returns ``path``.
+    needing an even width and height; ``.gif`` plays each frame for about 1000/fps ms. ``metadata`` (e.g. title,
+    comment) goes into the container's global tags, which ``read_metadata`` reads back; a gif has no place for it
+    and drops it. Returns ``path``.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -101,9 +105,10 @@ def write_video(
             f"cannot write video {path}: {suffix[1:]} needs an even width and height, got {width}x{height}",
             hint="resize the frames to even sizes, or write a .gif",
         )
+    tags = [option for key, value in (metadata or {}).items() for option in ("-metadata", f"{key}={value}")]
     with _atomic(path, force) as tmp:
         if suffix in _CODECS:
-            _encode_moviepy(frames, tmp, fps, crf, f"cannot write video {path}")
+            _encode_moviepy(frames, tmp, fps, crf, f"cannot write video {path}", tags)
         else:
             _encode(frames, tmp, fps, _ENCODERS[suffix], f"cannot write video {path}")
         written = count_frames(tmp)
@@ -206,9 +211,11 @@ def contact_sheet(
     cell_width: int = 256,
     label: bool = True,
     force: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a PNG grid of the frames (``max_frames`` evenly sampled when there are more), each labelled with its
-    frame index and shrunk to at most ``cell_width`` pixels wide; ``columns`` defaults to a near-square grid."""
+    frame index and shrunk to at most ``cell_width`` pixels wide; ``columns`` defaults to a near-square grid.
+    ``metadata`` becomes the PNG's text chunks (UTF-8), which ``read_metadata`` reads back."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UsageError(f"cannot write contact sheet {path}: it must be a .png file")
@@ -231,9 +238,64 @@ def contact_sheet(
             box = draw.textbbox((x + 3, y + 2), str(index))
             draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(0, 0, 0))
             draw.text((x + 3, y + 2), str(index), fill=(255, 255, 255))
+    text = PngInfo()
+    for key, value in (metadata or {}).items():
+        text.add_itxt(key, value)
     with _atomic(path, force) as tmp:
-        sheet.save(tmp, format="PNG")
+        sheet.save(tmp, format="PNG", pnginfo=text)
     return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The global tags of a video (keys in lower case) or the text chunks of a PNG: what ``write_video`` and
+    ``contact_sheet`` store as ``metadata``, besides what the container adds (an mp4's ``encoder``, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist")
+    if path.suffix.lower() == ".png":
+        try:
+            with Image.open(path) as image:
+                return dict(getattr(image, "text", {}))
+        except OSError as exc:
+            raise ConfigError(f"cannot read image {path}: {exc}") from exc
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", str(path),
+               "-f", "ffmetadata", "-"]
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
+    if done.returncode != 0:
+        raise ConfigError(f"cannot read video {path}: {_ffmpeg_reason(done.stderr.decode(errors='replace'))}")
+    return _ffmetadata(done.stdout.decode(errors="replace"))
+
+
+def _ffmetadata(text: str) -> dict[str, str]:
+    """The global ``key=value`` entries of ffmpeg's metadata format: ``\\`` escapes ``=``, ``;``, ``#``, ``\\``
+    and a newline; lines starting with ``;`` or ``#`` are comments; the first ``[SECTION]`` ends the global ones."""
+    tags: dict[str, str] = {}
+    entry: list[str] = []
+    key: str | None = None
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            entry.append(next(chars, ""))
+            continue
+        if char == "\n":
+            if key is not None:
+                tags[key.lower()] = "".join(entry)
+            entry, key = [], None
+            continue
+        if not entry and key is None and char in ";#[":
+            if char == "[":
+                break
+            for skipped in chars:  # a comment runs to the end of its line
+                if skipped == "\n":
+                    break
+            continue
+        if char == "=" and key is None:
+            key, entry = "".join(entry), []
+        else:
+            entry.append(char)
+    if key is not None:
+        tags[key.lower()] = "".join(entry)
+    return tags
 
 
 def _as_uint8(frames: Frames) -> np.ndarray:
@@ -284,17 +346,18 @@ def _gif_frames(path: Path) -> tuple[Iterator[np.ndarray], float]:
     return iter(frames), fps
 
 
-def _encode_moviepy(frames: np.ndarray, tmp: Path, fps: float, crf: int, failure: str) -> None:
-    """Write uint8 frames ``[T, H, W, 3]`` with moviepy's ffmpeg writer (yuv420p, crf ``crf``)."""
+def _encode_moviepy(frames: np.ndarray, tmp: Path, fps: float, crf: int, failure: str, options: list[str]) -> None:
+    """Write uint8 frames ``[T, H, W, 3]`` with moviepy's ffmpeg writer (yuv420p, crf ``crf``, then ``options``)."""
     from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
 
-    codec, options = _CODECS[tmp.suffix.lower()]
+    codec, codec_options = _CODECS[tmp.suffix.lower()]
     _, height, width, _ = frames.shape
     with tempfile.TemporaryFile() as log:  # ffmpeg's messages, for a one-line reason on failure
         status = 0
         try:
             writer = FFMPEG_VideoWriter(str(tmp), (width, height), fps, codec=codec, preset="medium", logfile=log,
-                                        pixel_format="yuv420p", ffmpeg_params=[*options, "-crf", str(crf)])
+                                        pixel_format="yuv420p",
+                                        ffmpeg_params=[*codec_options, "-crf", str(crf), *options])
             process = writer.proc  # close() forgets it
             try:
                 for frame in frames:

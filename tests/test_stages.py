@@ -378,6 +378,25 @@ def test_continue_a_video_file_with_a_prompt(b6_mp4, tmp_path):
     assert h.extra["segments"][-1]["context_frames"] == 4
 
 
+def test_a_video_tempo_wrote_keeps_its_header(chain, b6_mp4, tmp_path):
+    """encode tags its video (and contact sheet) with the latent file's header: `tempo inspect` reads it there,
+    and refining the video needs no --prompt or --preset, which come from it, as from the latent file."""
+    from tempo_cli.latents import header_summary
+
+    made = json.loads(json.dumps(header_summary(load(chain.b6).header)))
+    assert json.loads(ok(tempo("inspect", "--json", b6_mp4)).out) == made
+    sheet = tmp_path / "sheet.png"
+    ok(tempo("encode", chain.b6, "--sheet", sheet, *CPU))
+    assert json.loads(ok(tempo("inspect", "--json", sheet)).out) == made
+    assert "a dog in snow" in ok(tempo("inspect", b6_mp4)).out.decode()
+    target = tmp_path / "from-tagged-video.safetensors"
+    run = ok(tempo("refine", b6_mp4, "--to", 12, "-o", target, *CPU))
+    assert run.lines == [str(target)] and NOTICE in run.err  # tiny-random, the video's preset, not toy
+    h = load(target).header
+    assert (h.prompt, h.preset, h.seed, h.frames) == (PROMPT, "tiny-random", 0, 2 * N - 1)
+    assert h.extra["source_video"] == str(b6_mp4)
+
+
 def test_blueprint_redraws_a_video_from_the_strength_down(chain, b6_mp4, tmp_path):
     """--video: the level starts from the video's latents noised to --strength; its length by default. At
     strength 1 the start is pure noise, so the video is not used and the blueprint is the plain one."""

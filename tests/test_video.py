@@ -14,6 +14,7 @@ from tempo_cli.video import (
     from_uint8_frames,
     is_video,
     read_image,
+    read_metadata,
     read_video,
     resize_frames,
     sample_video,
@@ -208,6 +209,42 @@ def test_contact_sheet(tmp_path):
     with pytest.raises(UsageError, match="already exists"):
         contact_sheet(smooth_frames(2), sheet)
     assert leftovers(tmp_path) == []
+
+
+# every character ffmpeg's metadata format escapes, a line break, quotes and text outside ASCII
+AWKWARD = 'a = b; c # d \\ e\nnext "line" \u00e9t\u00e9 \u2192 \u96ea'
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm", ".png"])
+def test_metadata_is_kept_and_read_back(tmp_path, suffix):
+    """What a file is written with comes back exactly, whatever its characters; videos still keep every frame."""
+    metadata = {"title": AWKWARD, "comment": '{"prompt": "' + AWKWARD.replace("\n", "\\n") + '"}'}
+    path = tmp_path / f"tagged{suffix}"
+    if suffix == ".png":
+        contact_sheet(smooth_frames(3), path, metadata=metadata)
+    else:
+        write_video(smooth_frames(5), path, FPS, metadata=metadata)
+        assert count_frames(path) == 5
+    read = read_metadata(path)
+    assert {key: read.get(key) for key in metadata} == metadata
+    assert "comment" not in read_metadata(_untagged(tmp_path, suffix))
+
+
+def _untagged(folder, suffix):
+    path = folder / f"plain{suffix}"
+    if suffix == ".png":
+        return contact_sheet(smooth_frames(3), path)
+    return write_video(smooth_frames(5), path, FPS)
+
+
+def test_a_gif_has_no_room_for_metadata(tmp_path):
+    path = write_video(smooth_frames(3), tmp_path / "a.gif", FPS, metadata={"comment": "x"})
+    assert count_frames(path) == 3 and "comment" not in read_metadata(path)
+    with pytest.raises(UsageError, match="does not exist"):
+        read_metadata(tmp_path / "missing.mp4")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(ConfigError, match="cannot read video"):
+        read_metadata(tmp_path / "bad.mp4")
 
 
 def test_uint8_round_trip():
