@@ -353,6 +353,7 @@ class TrainConfig:
     vae_focus: float = 0.0  # extra VAE loss weight on pixels unlike the frame's dominant colour
     dit_focus: float = 0.0  # extra DiT loss weight on latent cells that show an object
     contrastive: float = 0.0  # contrastive flow matching: weight of the error against another sample's flow
+    contrastive_max_frames: int = 0  # the contrastive term only on clips of at most this many frames (0: on all)
     # toy world only: the flow leads to the clean latent plus this times (it less the same clip's with its shapes
     # swapped), so the DiT draws shapes more distinctly than the flow alone asks (0: the plain flow)
     shape_contrast: float = 0.0
@@ -452,6 +453,9 @@ class TrainConfig:
         if not 0 <= self.contrastive < 1:  # at 1 or more the loss has no minimum: it rewards any velocity far off
             raise ConfigError(f"train.contrastive must be in [0, 1), got {self.contrastive}",
                               hint="the paper uses 0.05")
+        if self.contrastive_max_frames < 0:
+            raise ConfigError(f"train.contrastive_max_frames must be 0 (every clip) or a clip length, got "
+                              f"{self.contrastive_max_frames}")
         if not isinstance(self.world_weights, dict):
             raise ConfigError(f"train.world_weights maps shapes, motions or backgrounds to weights, got "
                               f"{self.world_weights!r}", hint="for example {triangle: 2, circling: 2}")

@@ -682,7 +682,8 @@ class Trainer:
                     swapped_context = encode_prompts(self.text_encoder, self.tokenizer, others, text_len, self.device)
                 terms = training.flow_matching_terms(self.dit, target.to(self.device), condition.to(self.device),
                                                      context, rope.to(self.device), t.to(self.device),
-                                                     noise.to(self.device), weights, self.cfg.contrastive > 0,
+                                                     noise.to(self.device), weights,
+                                                     training.contrasts(self.cfg, target.shape[2]),
                                                      exaggerate=exaggerate, swapped_context=swapped_context,
                                                      swapped=None if swapped is None else swapped.to(self.device),
                                                      margin=self.cfg.caption_contrast_margin)

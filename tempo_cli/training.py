@@ -350,6 +350,13 @@ def flow_matching_loss(dit, target: torch.Tensor, condition: torch.Tensor, conte
     return contrastive_loss(terms.flow, terms.other, contrastive)
 
 
+def contrasts(cfg: TrainConfig, latent_frames: int) -> bool:
+    """Whether a batch of clips of ``latent_frames`` takes the contrastive term: ``train.contrastive`` is on and the
+    clips are no longer than ``train.contrastive_max_frames`` frames at their level's rate (0: any length)."""
+    frames = 4 * (latent_frames - 1) + 1
+    return cfg.contrastive > 0 and frames <= (cfg.contrastive_max_frames or frames)
+
+
 def contrastive_loss(flow: torch.Tensor, other: torch.Tensor | None, contrastive: float) -> torch.Tensor:
     """The loss from :func:`flow_matching_terms`: the own error less ``contrastive`` times the error against the
     other sample's flow; the plain own error where there is no other."""

@@ -367,6 +367,18 @@ def test_contrastive_flow_matching_pushes_away_from_the_other_samples_flow(tiny_
         load_preset("tiny-train", ["train.contrastive=1"])
 
 
+def test_the_contrastive_term_can_keep_to_short_clips(tiny_train):
+    """``train.contrastive_max_frames`` keeps the term to clips of at most that many frames (at their level's rate:
+    4 (latent frames - 1) + 1); 0 puts it on every clip, and without ``train.contrastive`` no clip takes it."""
+    every = load_preset("tiny-train", ["train.contrastive=0.05"]).train
+    short = load_preset("tiny-train", ["train.contrastive=0.05", "train.contrastive_max_frames=61"]).train
+    assert [training.contrasts(every, n) for n in (2, 16, 17, 49)] == [True] * 4
+    assert [training.contrasts(short, n) for n in (2, 16, 17, 49)] == [True, True, False, False]  # 61, 65 frames
+    assert not training.contrasts(load_preset("tiny-train", ["train.contrastive_max_frames=61"]).train, 2)
+    with pytest.raises(ConfigError, match="train.contrastive_max_frames must be 0"):
+        load_preset("tiny-train", ["train.contrastive_max_frames=-1"])
+
+
 def test_timesteps_follow_the_shift():
     rng = torch.Generator().manual_seed(0)
     plain, shifted = training.sample_timesteps(rng, 4000, 1.0), training.sample_timesteps(rng, 4000, 3.0)
@@ -606,6 +618,11 @@ def test_tempo_train_runs_resumes_and_exports(tmp_path, tiny_train, capsys, monk
     assert swapped_contexts[-1] is not None and all(c is None for c in swapped_contexts[:-1])  # only when asked
     assert re.search(r"stage2 step \d+: loss \S+ \(smoothed \S+\) flow \S+ caption \S+",
                      " ".join(capsys.readouterr().err.split()))
+    # the contrastive term kept to short clips: to those of at most 1 frame, none
+    asked.clear()
+    assert main(args[:-1] + ["--phase", "stage2", "--more", "2", "--set", "train.contrastive=0.05",
+                             "--set", "train.contrastive_max_frames=1"]) == 0
+    assert asked == [False, False]
     # another length_power draws other clip lengths: the first round's clips are encoded anew
     capsys.readouterr()
     assert main(args[:-1] + ["--prepare", "--set", "train.length_power=0"]) == 0
