@@ -31,12 +31,12 @@ def run(session: "Session", latent_file: "LatentFile") -> "np.ndarray":
 
 def write_outputs(frames, header, fps: float, output: str | None, sheet: Path | None, quality: int | None,
                   force: bool) -> list[str]:
-    """Write the video and/or the contact sheet, each tagged with ``header`` (the latent file's); returns the
-    written paths."""
+    """Write the video and/or the contact sheet, each tagged with ``header`` (the latent file's; None: untagged);
+    returns the written paths."""
     from tempo_cli.latents import media_metadata
     from tempo_cli.video import contact_sheet, write_video
 
-    metadata = media_metadata(header)
+    metadata = None if header is None else media_metadata(header)
     written = []
     if output is not None:
         written.append(str(write_video(frames, output, fps, quality=quality, force=force, metadata=metadata)))
@@ -62,12 +62,12 @@ def check_outputs(output: str | None, sheet: Path | None, force: bool) -> None:
 def command(
     source: Annotated[str, typer.Argument(help="Latent file of any level, or '-' for stdin.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Video to write: .mp4 (H.264), "
-                                                  ".webm (VP9) or .gif (default: the input's name with .mp4); "
-                                                  "an .mp4 or .webm keeps the input's header.")] = None,
+                                                  ".webm (VP9) or .gif (default: the input's name with .mp4).")] = None,
     fps: Annotated[Optional[float], typer.Option("--fps", help="Playback frame rate (default: the level's).")] = None,
     quality: Annotated[Optional[int], typer.Option("--quality", help="H.264 CRF, 0-51, lower is better "
                                                    "(default 18).")] = None,
     sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Also write a PNG contact sheet.")] = None,
+    metadata: opt.MetadataOpt = True,
     force: opt.ForceOpt = False,
     allow_mismatch: opt.AllowMismatchOpt = False,
     preset: opt.PresetOpt = None,
@@ -95,7 +95,7 @@ def command(
                      name=source)
     frames = run(session, latent_file)
     header = latent_file.header
-    for path in write_outputs(frames, header, fps or header.fps, output, sheet, quality, force):
+    for path in write_outputs(frames, header if metadata else None, fps or header.fps, output, sheet, quality, force):
         opt.emit_path(path)
 
 

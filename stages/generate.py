@@ -33,6 +33,7 @@ def command(
     negative_prompt: opt.NegativeOpt = None,
     latents: Annotated[Optional[Path], typer.Option("--latents", help="Also keep the final latent file.")] = None,
     quality: Annotated[Optional[int], typer.Option("--quality", help="H.264 CRF (default 18).")] = None,
+    metadata: opt.MetadataOpt = True,
     force: opt.ForceOpt = False,
     preset: opt.PresetOpt = None,
     set_: opt.SetOpt = None,
@@ -74,7 +75,8 @@ def command(
         return
     frames_out = encode.run(session, result)
     header = result.header
-    for path in encode.write_outputs(frames_out, header, header.fps, str(output), None, quality, force):
+    for path in encode.write_outputs(frames_out, header if metadata else None, header.fps, str(output), None, quality,
+                                     force):
         opt.emit_path(path)
 
 

@@ -47,6 +47,8 @@ StrengthOpt = Annotated[Optional[float], typer.Option("--strength", help="With -
                                                       "noised, in (0, 1]; lower keeps more of it (default 0.8).")]
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Output file; '-' writes to stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+MetadataOpt = Annotated[bool, typer.Option("--metadata/--no-metadata", help="Keep the latent file's header (prompt, "
+                                           "seed, settings) in the .mp4, .webm or .png written.")]
 OffloadOpt = Annotated[bool, typer.Option("--offload", help="Keep the DiT's blocks in CPU memory, each moving "
                                           "to the GPU for its own forward (for GPUs smaller than the model).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]

@@ -28,7 +28,7 @@ from PIL import Image
 from cli_runner import Run, tempo
 from tempo_cli.cli import main
 from tempo_cli.latents import LatentFile, load
-from tempo_cli.video import count_frames, read_video
+from tempo_cli.video import count_frames, read_metadata, read_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -395,6 +395,10 @@ def test_a_video_tempo_wrote_keeps_its_header(chain, b6_mp4, tmp_path):
     h = load(target).header
     assert (h.prompt, h.preset, h.seed, h.frames) == (PROMPT, "tiny-random", 0, 2 * N - 1)
     assert h.extra["source_video"] == str(b6_mp4)
+    untagged = tmp_path / "untagged.mp4"
+    ok(tempo("encode", chain.b6, "-o", untagged, "--no-metadata", *CPU))
+    assert count_frames(untagged) == N and "comment" not in read_metadata(untagged)
+    assert tempo("inspect", untagged).code == 1
 
 
 def test_blueprint_redraws_a_video_from_the_strength_down(chain, b6_mp4, tmp_path):
@@ -496,4 +500,6 @@ def test_generate_is_blueprint_refine_encode_in_one_process(chain, tmp_path):
     result = load(latents)
     assert (result.header.fps, result.header.frames, len(result.header.chunks)) == (24.0, 4 * N - 3, 4)
     assert same_latents(result, load(chain.r24))  # exactly what the stages give one by one
+    tags = read_metadata(video)  # the video keeps the final latent file's header
+    assert tags["title"] == PROMPT and json.loads(tags["comment"])["created"] == result.header.created
 
