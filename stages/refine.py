@@ -108,7 +108,8 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
         micro_batch: int | None = None) -> "LatentFile":
     """Refine a latent file to ``to_fps``; returns the finest level's latent file (not yet written)."""
     from tempo_cli.latents import LatentFile, utc_now
-    from tempo_cli.pipeline import LevelSampling, chunk_records, decode_file, guided_anywhere, level_from_header
+    from tempo_cli.pipeline import (LevelSampling, chunk_records, decode_file, encode_negative, guided_anywhere,
+                                    level_from_header)
 
     header = parent.header
     chain = level_chain(session.preset, header.frame_interval, to_fps, via)
@@ -116,8 +117,8 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
     coarse = decode_file(session.store, parent, session.progress)
     run_seed = header.seed if seed is None else seed
     negative = parent.negative_embeds
-    if negative is None and guided_anywhere(session.preset, chain[1:]):
-        negative = negative_embeds(session, parent)
+    if negative is None and guided_anywhere(session.preset, chain[1:]):  # made unguided: its own negative prompt
+        negative = encode_negative(session.store, header.negative_prompt, parent.prompt_embeds, session.progress)
     levels, latents, settings = refine_levels(session, coarse, level_from_header(header), chain, counts, layout,
                                               parent.prompt_embeds, negative, run_seed, steps=steps,
                                               micro_batch=micro_batch)
@@ -134,20 +135,6 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
         layout=layout, chunks=chunk_records(final), levels=history, parent_sha256=parent.source_sha256,
         created=utc_now())
     return LatentFile(child, latents, parent.prompt_embeds, negative)
-
-
-def negative_embeds(session: "Session", parent: "LatentFile") -> "torch.Tensor":
-    """The negative prompt's embeddings for refining with guidance a file made without it, which kept none: its
-    header's negative prompt, encoded (an empty one is all padding, a zero embedding, as when guided from the
-    start)."""
-    import torch
-
-    from tempo_cli.pipeline import encode_prompts
-
-    text = parent.header.negative_prompt
-    if not text.strip():
-        return torch.zeros_like(parent.prompt_embeds)
-    return encode_prompts(session.store, parent.header.prompt, text, True, session.progress)[1]
 
 
 def video_as_parent(session: "Session", path: Path, prompt: str | None, seed: int) -> "LatentFile":

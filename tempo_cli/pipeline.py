@@ -266,23 +266,39 @@ def level_from_header(header) -> Level:
 def encode_prompts(store, prompt: str, negative_prompt: str, guided: bool,
                    progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prompt (and, with guidance, negative prompt) embeddings ``[text_len, dim]``; frees the encoder after."""
+    with_negative = guided and not _blank(negative_prompt)
+    embeds = _encode_texts(store, [prompt, negative_prompt] if with_negative else [prompt], progress, check=prompt)
+    negative = (embeds[1] if with_negative else torch.zeros_like(embeds[0])) if guided else None
+    return embeds[0], negative
+
+
+def encode_negative(store, negative_prompt: str, like: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+    """The negative prompt's embeddings alone, shaped ``like`` the prompt's (for guiding a file made without
+    guidance); an empty one is the zero embedding, and the encoder is not loaded for it."""
+    return torch.zeros_like(like) if _blank(negative_prompt) else _encode_texts(store, [negative_prompt], progress)[0]
+
+
+def _blank(negative_prompt: str) -> bool:
+    """An empty negative prompt is all padding: its embedding is zero, and nothing needs encoding."""
+    return not negative_prompt.strip()
+
+
+def _encode_texts(store, texts: list[str], progress: Progress | None, check: str | None = None) -> torch.Tensor:
+    """Embeddings ``[len(texts), text_len, dim]`` on the CPU, saying which words of ``check`` the tokenizer does not
+    know; frees the encoder after."""
     from tempo_cli.models.text_encoder import encode_prompts as encode
     from tempo_cli.tokenizers import unknown_words
 
     progress = progress or Progress()
     with progress.task("encoding the prompt", 1) as advance:
         encoder, tokenizer = store.text_encoder()
-        if unknown := unknown_words(tokenizer, prompt):
+        if check is not None and (unknown := unknown_words(tokenizer, check)):
             progress.log(f"preset {store.preset.name!r} does not know the word(s) {', '.join(map(repr, unknown))}: "
                          f"it reads them as unknown")
-        with_negative = guided and bool(negative_prompt.strip())
-        prompts = [prompt, negative_prompt] if with_negative else [prompt]
-        embeds = encode(encoder, tokenizer, prompts, device=store.device).float().cpu()
-        # an empty negative prompt is all padding: a zero embedding
-        negative = (embeds[1] if with_negative else torch.zeros_like(embeds[0])) if guided else None
+        embeds = encode(encoder, tokenizer, texts, device=store.device).float().cpu()
         advance(1)
     store.release("text_encoder")
-    return embeds[0], negative
+    return embeds
 
 
 def decode_file(store, latent_file, progress: Progress | None = None, first: int = 0) -> torch.Tensor:

@@ -439,8 +439,8 @@ def test_guidance_scale_and_negative_prompt_flags_reach_the_sampler_and_the_head
 def test_refining_with_guidance_a_blueprint_made_without_it_guides(chain, tmp_path):
     """A file made at guidance scale 1 keeps no negative embeddings; refining it guided must encode them, not run
     unguided under a header that says otherwise."""
-    from stages.refine import negative_embeds
     from tempo_cli.options import open_session
+    from tempo_cli.pipeline import encode_negative
 
     b6, guided, plain = (tmp_path / f"{name}.safetensors" for name in ("b6", "guided", "plain"))
     ok(tempo("blueprint", PROMPT, "--frames", N, "--preset", "tiny-random", "--cfg", 1, "-o", b6, *CPU))
@@ -454,8 +454,7 @@ def test_refining_with_guidance_a_blueprint_made_without_it_guides(chain, tmp_pa
     assert torch.allclose(made.negative_embeds, load(chain.b6).negative_embeds)
     session = open_session("tiny-random", None, None, "cpu", "fp32", quiet=True)
     empty = load(b6)
-    empty = LatentFile(replace(empty.header, negative_prompt=""), empty.chunks, empty.prompt_embeds, None)
-    assert torch.equal(negative_embeds(session, empty), torch.zeros_like(empty.prompt_embeds))
+    assert torch.equal(encode_negative(session.store, "", empty.prompt_embeds), torch.zeros_like(empty.prompt_embeds))
 
 
 def test_a_guidance_scale_per_level_guides_only_the_levels_that_ask(chain, tmp_path):
