@@ -193,6 +193,7 @@ def command(
     check_writable(target, force=force)
     check_strength(video, strength)
     overrides = opt.sampler_overrides(set_, guidance_scale, negative_prompt)
+    seed = opt.draw_seed(seed, quiet)
     session = opt.open_session(preset, overrides, weights, device, dtype, quiet, offload=offload)
     latent_file = run(session, prompt, fps=fps, frames=frames, seconds=seconds, image=image, last_image=last_image,
                       keyframes=keyframe or (), seed=seed, steps=steps, micro_batch=micro_batch, video=video,

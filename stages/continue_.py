@@ -116,7 +116,7 @@ def command(
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt of the new clip (default: the "
                                                   "input's; needed for a video tempo did not write).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: the input's plus the number of "
-                                                "segments so far).")] = None,
+                                                "segments so far; -1 draws one at random).")] = None,
     layout: opt.LayoutOpt = "seamless",
     chunks: Annotated[Optional[str], typer.Option("--chunks", help="Chunks per refined level.")] = None,
     steps: opt.StepsOpt = None,
@@ -139,6 +139,7 @@ def command(
 
     target = output or default_output(source)
     check_writable(target, force=force)
+    seed = opt.draw_seed(seed, quiet)
     session, parent = open_parent(source, prompt, seed, allow_mismatch, opt.SessionArgs(
         preset, opt.sampler_overrides(set_, guidance_scale, negative_prompt), weights, device, dtype, quiet,
         offload))

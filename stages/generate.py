@@ -56,6 +56,7 @@ def command(
     encode.check_outputs(str(output), None, force)  # a bad suffix fails now, not after the whole generation
     blueprint.check_strength(video, strength)
     overrides = opt.sampler_overrides(set_, guidance_scale, negative_prompt)
+    seed = opt.draw_seed(seed, quiet)
     session = opt.open_session(preset, overrides, weights, device, dtype, quiet, offload=offload)
     rates = session.preset.video
     chain = refine.parse_ints(via, "--via") or []

@@ -186,7 +186,8 @@ def command(
     layout: opt.LayoutOpt = "seamless",
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt (default: the input's; "
                                                   "needed for a video tempo did not write).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: the input's).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: the input's; -1 draws "
+                                                "one at random).")] = None,
     steps: opt.StepsOpt = None,
     guidance_scale: opt.GuidanceOpt = None,
     output: opt.OutputOpt = None,
@@ -208,6 +209,7 @@ def command(
         raise UsageError(f"--layout {layout!r}: choose seamless or reference")
     target = output or default_output(source, to)
     check_writable(target, force=force)
+    seed = opt.draw_seed(seed, quiet)
     session, parent = open_parent(source, prompt, seed, allow_mismatch, opt.SessionArgs(
         preset, opt.sampler_overrides(set_, guidance_scale), weights, device, dtype, quiet, offload))
     child = run(session, parent, to_fps=to, via=via, chunks=chunks, layout=layout, seed=seed, steps=steps,

@@ -59,6 +59,15 @@ def gather(local: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     return {k: v for part in parts if part for k, v in part.items()}
 
 
+def from_main(value):
+    """Rank 0's ``value`` (any picklable object), on every rank: a choice one rank makes for all of them."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     """Wait until every rank is here (nothing to wait for in one process)."""
     if world_size() > 1:

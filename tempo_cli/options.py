@@ -31,7 +31,8 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, c
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="bf16, fp16 or fp32 (default: bf16 on CUDA and "
                                                  "on CPUs with native bf16, else fp32).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the whole run; each level and chunk draws its own "
-                                      "noise stream from it.")]
+                                      "noise stream from it. -1 draws one at random (said on stderr and kept in "
+                                      "the latent file's header).")]
 GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance-scale", "--cfg", help="Guidance scale of every "
                                                       "level (default: the preset's; 1 turns guidance off; one per "
                                                       "level: --set sampler.guidance_scale=[4,2,1]).")]
@@ -82,11 +83,29 @@ def sampler_overrides(overrides: list[str] | None, guidance_scale: float | None 
     return out
 
 
+def draw_seed(seed: int | None, quiet: bool) -> int | None:
+    """``--seed``: a negative one (``-1``, as in Wan's generate.py) is replaced by a random seed in [0, 2^31), the
+    same on every rank under torchrun, and said on stderr (unless ``quiet``) so the run can be repeated."""
+    import secrets
+
+    from tempo_cli import distributed
+    from tempo_cli.console import note
+
+    if seed is None or seed >= 0:
+        return seed
+    distributed.init_from_env()
+    drawn = distributed.from_main(secrets.randbelow(2**31))
+    if distributed.is_main() and not quiet:
+        note(f"--seed {seed}: drew seed {drawn} (pass --seed {drawn} to repeat this run)")
+    return drawn
+
+
 def open_session(preset: str | None, overrides: list[str] | None, weights: Path | None, device: str | None,
                  dtype: str | None, quiet: bool, fallback_preset: str | None = None, offload: bool = False,
                  notice: bool = True) -> Session:
-    """Resolve the preset (saying so on stderr when it is not a real model, unless ``notice`` is off: training,
-    where the preset is a starting point, not a model to judge videos by) and where models will run."""
+    """Resolve the preset and where models will run. When the preset is not a real model, stderr says so as its
+    weights are first used (unless ``notice`` is off: training, where the preset is a starting point, not a model to
+    judge videos by)."""
     from tempo_cli import distributed
     from tempo_cli.console import RichProgress, note
     from tempo_cli.presets import load_preset, preset_notice
@@ -95,10 +114,10 @@ def open_session(preset: str | None, overrides: list[str] | None, weights: Path 
     chosen = load_preset(preset or fallback_preset or DEFAULT_PRESET, overrides or [])
     distributed.init_from_env()  # under torchrun: join the group; each rank takes its share of every level
     main = distributed.is_main()
-    if main and notice and (message := preset_notice(chosen)):
-        note(message)
+    message = preset_notice(chosen) if main and notice else None
     run_device = distributed.local_device() or resolve_device(device)
-    store = ModelStore(chosen, run_device, resolve_dtype(dtype, run_device), weights, offload=offload)
+    store = ModelStore(chosen, run_device, resolve_dtype(dtype, run_device), weights, offload=offload,
+                       announce=(lambda: note(message)) if message else None)  # once the command's checks passed
     return Session(chosen, store, RichProgress(quiet or not main))
 
 

@@ -4,6 +4,7 @@ of a preset on first use and frees it when the stage is done with it."""
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,14 +51,22 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 
 class ModelStore:
-    """The networks of one preset, each loaded when first asked for and dropped by :meth:`release`."""
+    """The networks of one preset, each loaded when first asked for and dropped by :meth:`release`. ``announce``
+    is called once, when the weights are first asked for: a command says what model it runs (the toy notice) once
+    its arguments have passed their checks, not before an error that stops it."""
 
     def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, weights_dir: str | Path | None = None,
-                 offload: bool = False):
+                 offload: bool = False, announce: Callable[[], None] | None = None):
         self.preset, self.device, self.dtype, self.weights_dir = preset, device, dtype, weights_dir
         self.offload = offload  # keep the DiT's blocks in CPU memory, each visiting the device for its forward
+        self._announce = announce
         self._models: dict[str, object] = {}
         self._paths: dict[str, Path] | None = None
+
+    def _in_use(self) -> None:
+        if self._announce is not None:
+            announce, self._announce = self._announce, None
+            announce()
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -70,12 +79,14 @@ class ModelStore:
 
     @property
     def weights_id(self) -> str:
+        self._in_use()
         weights = self.preset.weights
         return random_identity(weights.random_seed) if weights.is_random else weights_identity(self.paths)
 
     def dit(self):
         from tempo_cli.models.dit import MultiMaskDiT
 
+        self._in_use()
         if "dit" not in self._models and self.offload and self.device.type != "cpu":
             from tempo_cli.offload import offload_blocks
 
@@ -94,6 +105,7 @@ class ModelStore:
 
     def text_encoder(self):
         """``(encoder, tokenizer)``."""
+        self._in_use()
         if "text_encoder" not in self._models:
             from tempo_cli.models.text_encoder import TextEncoder, umt5_config
             from tempo_cli.tokenizers import load_any_tokenizer
@@ -114,6 +126,7 @@ class ModelStore:
         return self._models["text_encoder"]
 
     def _get(self, name: str, factory):
+        self._in_use()
         if name not in self._models:
             weights = self.preset.weights
             if weights.is_random:

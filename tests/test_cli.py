@@ -222,16 +222,30 @@ def test_main_can_run_again_in_one_process(capsys):
     assert len([n for n in names if n is not None]) == len({n for n in names if n is not None})
 
 
-def test_the_toy_notice_is_one_line_on_stderr(capsys):
+def test_the_toy_notice_is_one_line_on_stderr(capsys, tmp_path):
     """The toy preset's notice is longer than the 80 columns rich assumes when stderr is not a terminal; it must
     still reach stderr as one line (the toy model's issue asks for one), not wrapped into three."""
     from tempo_cli.presets import load_preset
 
     notice = load_preset("toy").notice
     assert len(notice) > 80
-    assert main(["blueprint", "a red ball bouncing on a black background", "--seconds", "0"]) != 0
+    out = tmp_path / "b.safetensors"
+    assert main(["blueprint", "a red ball bouncing on a black background", "--frames", "5", "--steps", "2",
+                 "--quiet", "-o", str(out)]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.splitlines()[0] == notice
+    assert captured.out.splitlines() == [str(out)] and captured.err.splitlines() == [notice]
+
+
+@pytest.mark.parametrize("argv", [["blueprint", "a red ball", "--seconds", "0"],
+                                  ["blueprint", "a red ball", "--fps", "5"],
+                                  ["blueprint", "a red ball", "--keyframe", "9s=key.png", "--seconds", "2"],
+                                  ["generate", "a red ball", "--seconds", "-1"]])
+def test_an_argument_error_comes_without_the_toy_notice(capsys, argv):
+    """The notice says what model made a video; a command stopped by a bad argument made none, so stderr holds
+    only the error (the notice comes when the weights are first used)."""
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "error" in err.lower() and "toy model" not in err
 
 
 def test_unknown_command_is_a_usage_error(capsys):

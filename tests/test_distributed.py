@@ -50,6 +50,21 @@ def test_two_ranks_give_the_single_process_result(tmp_path, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_two_ranks_draw_one_random_seed(tmp_path):
+    """``--seed -1`` draws a seed on rank 0 and every rank uses it (ranks that drew their own would denoise their
+    chunks of one video from unrelated noise)."""
+    script = tmp_path / "draw.py"
+    script.write_text("from tempo_cli import distributed\nfrom tempo_cli.options import draw_seed\n"
+                      "seed = draw_seed(-1, quiet=True)\nprint(distributed.rank(), seed, flush=True)\n"
+                      "distributed.shutdown()\n")
+    done = subprocess.run([_torchrun(), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                           str(_free_port()), str(script)], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    drawn = dict(line.split() for line in done.stdout.splitlines())
+    assert sorted(drawn) == ["0", "1"] and drawn["0"] == drawn["1"] and int(drawn["0"]) >= 0
+
+
 TRAIN = """
 extends: tiny-random
 train: {stage1_steps: 2, stage1_lr: 1.0e-3, stage2_steps: 2, stage2_lr: 1.0e-3, batch_size: 2, clip_frames: 9,

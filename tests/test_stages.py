@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -311,6 +312,22 @@ def test_same_seed_same_latents_other_seed_other_latents(chain, piped, tmp_path)
     ok(tempo("blueprint", PROMPT, "--frames", N, "--seed", 1, "--preset", "tiny-random", "-o", other, *CPU))
     assert load(other).header.seed == 1
     assert not any(torch.equal(x, y) for x, y in zip(load(other).chunks, blueprint.chunks))
+
+
+def test_seed_minus_one_draws_a_seed_that_repeats_the_run(tmp_path):
+    """``--seed -1`` (Wan's "random seed") draws a seed, says it on stderr and keeps it in the header; passing that
+    seed gives the same latents again. refine draws its own instead of keeping the input's."""
+    drawn = tmp_path / "drawn.safetensors"
+    run = ok(tempo("blueprint", PROMPT, "--frames", 5, "--seed", -1, "--preset", "tiny-random", "-o", drawn, *CPU))
+    seed = int(re.search(r"--seed -1: drew seed (\d+) \(pass --seed \1 to repeat", run.err)[1])
+    assert load(drawn).header.seed == seed >= 0
+    again = tmp_path / "again.safetensors"
+    ok(tempo("blueprint", PROMPT, "--frames", 5, "--seed", seed, "--preset", "tiny-random", "-o", again, *CPU))
+    assert same_latents(load(again), load(drawn))
+    refined = tmp_path / "refined.safetensors"
+    run = ok(tempo("refine", drawn, "--to", 12, "--seed", -1, "--quiet", "-o", refined, *CPU))
+    assert "drew seed" not in run.err  # --quiet: the seed is in the header only
+    assert load(refined).header.seed >= 0 and load(refined).header.seed != seed  # 1 in 2^31 to fail by chance
 
 
 def test_rerunning_a_level_reproduces_it_exactly(chain, piped, tmp_path):
