@@ -37,9 +37,10 @@ def context_anchors(context: "torch.Tensor", chain: list[int]) -> dict[int, dict
 
 
 def segments_of(header) -> list[dict]:
-    """The prompt schedule so far: one entry per generated segment of the joined video."""
+    """The prompt schedule so far: one entry per generated segment of the joined video (``chunks``: how many of the
+    header's chunks, in order, are the segment's; files written before tempo recorded it lack the key)."""
     first = {"start": 0, "frames": header.frames, "prompt": header.prompt, "negative_prompt": header.negative_prompt,
-             "guidance_scale": header.guidance_scale, "seed": header.seed}
+             "guidance_scale": header.guidance_scale, "seed": header.seed, "chunks": len(header.chunks)}
     return list(header.extra.get("segments") or [first])
 
 
@@ -99,7 +100,8 @@ def run(session: "Session", parent: "LatentFile", *, seconds: float = 10.0, cont
     new_records = [{**r, "start": r["start"] + offset} for r in chunk_records(level)]
     negative_prompt = preset.sampler.negative_prompt  # the input's own when its embeddings were kept
     segments.append({"start": offset, "frames": level.frames, "context_frames": context_frames, "prompt": prompt,
-                     "negative_prompt": negative_prompt, "guidance_scale": settings.guidance_scale, "seed": run_seed})
+                     "negative_prompt": negative_prompt, "guidance_scale": settings.guidance_scale, "seed": run_seed,
+                     "chunks": len(new_records)})
     child = dataclasses.replace(
         header, stage="continue", prompt=prompt, negative_prompt=negative_prompt, guidance=settings.guidance,
         guidance_scale=settings.guidance_scale, seed=run_seed, frames=offset + level.frames,

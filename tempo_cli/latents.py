@@ -392,7 +392,6 @@ def format_header(header: LatentHeader) -> str:
     """The header as plain ``key  value`` lines for people."""
     h = header
     duration = f", {h.frames / h.fps:.2f} s" if h.fps else ""
-    chunks = ", ".join(f"{c['start']}-{c['start'] + c['frames'] - 1} (rope {c['rope_start']})" for c in h.chunks)
     rows = [
         ("format", f"{h.format} v{h.format_version}, tempo {h.tempo_version}, created {h.created}"),
         ("stage", h.stage),
@@ -401,8 +400,30 @@ def format_header(header: LatentHeader) -> str:
         ("negative", h.negative_prompt or "-"),
         ("sampling", f"seed {h.seed}, {h.steps} steps, shift {h.shift:g}, {h.guidance} {h.guidance_scale:g}"),
         ("video", f"{h.frames} frames, {h.width}x{h.height}, {h.fps:g} fps (interval {h.frame_interval}){duration}"),
-        ("chunks", f"{len(h.chunks)} {h.layout}: {chunks}"),
+        *_segment_rows(h),
         ("levels", str(len(h.levels)) if h.levels else "-"),
         ("parent", h.parent_sha256 or "-"),
     ]
-    return "\n".join(f"{k:<9} {v}" for k, v in rows)
+    return "\n".join(f"{k:<9} {v}".replace("\n", "\n" + " " * 10) for k, v in rows)
+
+
+def _segment_rows(h: LatentHeader) -> list[tuple[str, str]]:
+    """The chunks row; for a continued video, a segments row too and the chunks segment by segment (each segment
+    was generated on its own, so its chunks start their RoPE anew and the first ones cover its context)."""
+    def span(chunks: list[dict]) -> str:
+        return ", ".join(f"{c['start']}-{c['start'] + c['frames'] - 1} (rope {c['rope_start']})" for c in chunks)
+
+    segments = h.extra.get("segments") or []
+    counts = [s.get("chunks") for s in segments]
+    if len(segments) < 2 or None in counts or sum(counts) != len(h.chunks):  # one clip, or an older file
+        return [("chunks", f"{len(h.chunks)} {h.layout}: {span(h.chunks)}")]
+    described, by_segment, first = [], [], 0
+    for i, (segment, count) in enumerate(zip(segments, counts), start=1):
+        end = segment["start"] + segment["frames"] - 1
+        context = segment.get("context_frames")
+        given = f" (frames {segment['start']}-{segment['start'] + context - 1} the context)" if context else ""
+        described.append(f"{i}: frames {segment['start']}-{end}{given}, seed {segment['seed']}: {segment['prompt']}")
+        by_segment.append(f"{i}: {span(h.chunks[first:first + count])}")
+        first += count
+    return [("segments", f"{len(segments)}, joined by tempo continue\n" + "\n".join(described)),
+            ("chunks", f"{len(h.chunks)} {h.layout}, by segment\n" + "\n".join(by_segment))]

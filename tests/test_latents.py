@@ -282,3 +282,8 @@ def test_summary_and_text():
     assert summary["prompt"] == "a cat on a boat" and summary["duration_s"] == pytest.approx(17 / 12, abs=1e-3)
     text = format_header(make_header())
     assert "a cat on a boat" in text and "2 seamless" in text and "\n" in text
+    assert "chunks    2 seamless: 0-12 (rope 0), 12-16 (rope 3)" in text.splitlines()
+    # a continued file written before segments counted their chunks: the one list, as before
+    older = make_header(extra={"segments": [{"start": 0, "frames": 13, "prompt": "a", "seed": 0},
+                                            {"start": 12, "frames": 5, "context_frames": 1, "prompt": "b", "seed": 1}]})
+    assert "segments" not in format_header(older) and "2 seamless: 0-12" in format_header(older)

@@ -367,10 +367,19 @@ def test_continue_joins_without_repeating_or_skipping_a_frame(chain, tmp_path):
     assert h.parent_sha256 == sha256(chain.r12)
     guidance = {"negative_prompt": h.negative_prompt, "guidance_scale": h.guidance_scale}
     assert h.extra["segments"] == [
-        {"start": 0, "frames": 2 * N - 1, "prompt": PROMPT, **guidance, "seed": 0},
+        {"start": 0, "frames": 2 * N - 1, "prompt": PROMPT, **guidance, "seed": 0, "chunks": 2},
         {"start": 2 * N - 1 - context, "frames": new, "context_frames": context, "prompt": new_prompt, **guidance,
-         "seed": 1}]
+         "seed": 1, "chunks": 2}]
     assert len(h.chunks) == 4 and [c["start"] for c in h.chunks[2:]] == [10, 10 + N - 1]
+    # inspect shows each segment and its own chunks, whose RoPE starts anew, not one list that seems to overlap
+    shown = ok(tempo("inspect", target)).lines
+    at = shown.index("segments  2, joined by tempo continue")
+    assert shown[at + 1:at + 6] == [
+        f"          1: frames 0-16, seed 0: {PROMPT}",
+        f"          2: frames 10-26 (frames 10-16 the context), seed 1: {new_prompt}",
+        "chunks    4 seamless, by segment",
+        "          1: 0-8 (rope 0), 8-16 (rope 4)",
+        "          2: 10-18 (rope 0), 18-26 (rope 4)"]
     assert all(torch.equal(a, b) for a, b in zip(joined.chunks, parent.chunks))  # the parent's latents, as they were
 
     old_video, joined_video = decoded(parent), decoded(joined)
