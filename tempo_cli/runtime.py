@@ -52,7 +52,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 class ModelStore:
     """The networks of one preset, each loaded when first asked for and dropped by :meth:`release`. ``announce``
-    is called once, when the weights are first asked for: a command says what model it runs (the toy notice) once
+    is called once, when a network is first asked for: a command says what model it runs (the toy notice) once
     its arguments have passed their checks, not before an error that stops it."""
 
     def __init__(self, preset: Preset, device: torch.device, dtype: torch.dtype, weights_dir: str | Path | None = None,
@@ -79,7 +79,6 @@ class ModelStore:
 
     @property
     def weights_id(self) -> str:
-        self._in_use()
         weights = self.preset.weights
         return random_identity(weights.random_seed) if weights.is_random else weights_identity(self.paths)
 

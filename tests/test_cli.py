@@ -248,6 +248,17 @@ def test_an_argument_error_comes_without_the_toy_notice(capsys, argv):
     assert "error" in err.lower() and "toy model" not in err
 
 
+def test_a_bad_refine_or_continue_of_a_toy_file_comes_without_the_notice(capsys, tmp_path):
+    """Reading the input and checking that it fits the preset's weights uses no network: still no notice."""
+    made = tmp_path / "b.safetensors"
+    assert main(["blueprint", "a red ball", "--frames", "5", "--steps", "1", "-q", "-o", str(made)]) == 0
+    capsys.readouterr()
+    for argv in (["refine", str(made), "--to", "5"], ["continue", str(made), "--seconds", "0"]):
+        assert main(argv) != 0
+        err = capsys.readouterr().err
+        assert "error" in err and "toy model" not in err, argv
+
+
 def test_unknown_command_is_a_usage_error(capsys):
     assert main(["no-such-command"]) == 2
     captured = capsys.readouterr()
