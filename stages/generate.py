@@ -15,7 +15,8 @@ from tempo_cli.plugins import Stage
 
 def command(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Video to write (.mp4 or .gif).")] = Path("out.mp4"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Video to write (.mp4, .webm or .gif).")] = Path(
+        "out.mp4"),
     seconds: Annotated[Optional[float], typer.Option("--seconds", "-s", help="Length (default 5 s).")] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Blueprint frames (4k+1).")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="First frame (image-to-video).")] = None,
@@ -33,6 +34,8 @@ def command(
     negative_prompt: opt.NegativeOpt = None,
     latents: Annotated[Optional[Path], typer.Option("--latents", help="Also keep the final latent file.")] = None,
     quality: Annotated[Optional[int], typer.Option("--quality", help="H.264 CRF (default 18).")] = None,
+    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Also write a contact sheet (.png) of the "
+                                                  "frames.")] = None,
     metadata: opt.MetadataOpt = True,
     force: opt.ForceOpt = False,
     preset: opt.PresetOpt = None,
@@ -53,7 +56,7 @@ def command(
             raise UsageError(f"{path} exists", hint="pass --force to overwrite it")
     if latents is not None:
         check_writable(latents, force=force)
-    encode.check_outputs(str(output), None, force)  # a bad suffix fails now, not after the whole generation
+    encode.check_outputs(str(output), sheet, force)  # a bad suffix fails now, not after the whole generation
     blueprint.check_strength(video, strength)
     overrides = opt.sampler_overrides(set_, guidance_scale, negative_prompt)
     seed = opt.draw_seed(seed, quiet)
@@ -76,7 +79,7 @@ def command(
         return
     frames_out = encode.run(session, result)
     header = result.header
-    for path in encode.write_outputs(frames_out, header if metadata else None, header.fps, str(output), None, quality,
+    for path in encode.write_outputs(frames_out, header if metadata else None, header.fps, str(output), sheet, quality,
                                      force):
         opt.emit_path(path)
 

@@ -528,3 +528,15 @@ def test_generate_is_blueprint_refine_encode_in_one_process(chain, tmp_path):
     tags = read_metadata(video)  # the video keeps the final latent file's header
     assert tags["title"] == PROMPT and json.loads(tags["comment"])["created"] == result.header.created
 
+
+def test_generate_writes_a_webm_and_a_contact_sheet_as_encode_does(tmp_path):
+    video, sheet = tmp_path / "dog.webm", tmp_path / "dog.png"
+    run = ok(tempo("generate", PROMPT, "--frames", 5, "--preset", "tiny-random", "-o", video, "--sheet", sheet,
+                   "-q", *CPU))
+    assert run.lines == [str(video), str(sheet)] and count_frames(video) == 17
+    assert json.loads(read_metadata(sheet)["comment"]) == json.loads(read_metadata(video)["comment"])
+    assert Image.open(sheet).size[0] > 64  # frames side by side
+    bad = tempo("generate", PROMPT, "--frames", 5, "--preset", "tiny-random", "-o", tmp_path / "x.mp4", "--sheet",
+                tmp_path / "x.jpg", *CPU)
+    assert bad.code == 2 and "must be a .png" in bad.err and not (tmp_path / "x.mp4").exists()  # before any work
+
