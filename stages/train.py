@@ -42,7 +42,8 @@ def command(
                                                   "named preset: 0.5 is the plain mean.")] = 0.5,
     export_dtype: Annotated[str, typer.Option("--export-dtype", help="dtype of the exported weights: fp32, or "
                                               "bf16 for half the size (the checkpoint keeps float32).")] = "fp32",
-    seed: opt.SeedOpt = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the clips drawn, their order and the noise: "
+                                      "a resumed run must be given the same one.")] = 0,
     preset: Annotated[str, typer.Option("--preset", "-p", help="Preset with a train section.")] = "toy-init",
     set_: opt.SetOpt = None,
     device: opt.DeviceOpt = None,

@@ -195,6 +195,13 @@ def test_unknown_option_is_a_usage_error(here):
     assert snapshot(here) == {}
 
 
+def test_a_negative_training_seed_is_a_usage_error(here):
+    """A run's seed keys its clips and must be the same on every resume, so train has no "-1 draws one"."""
+    run = tempo("train", "--seed", "-1", "--out", "run")
+    assert run.code == 2 and run.out == b"" and "--seed" in run.err and "greater than or equal to 0" in run.err
+    assert snapshot(here) == {}
+
+
 # ---- refine: direction, levels, layout ---------------------------------------------------------------------------
 
 def test_refine_goes_from_coarse_to_fine(here, made):
