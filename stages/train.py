@@ -42,7 +42,7 @@ def command(
                                                   "named preset: 0.5 is the plain mean.")] = 0.5,
     export_dtype: Annotated[str, typer.Option("--export-dtype", help="dtype of the exported weights: fp32, or "
                                               "bf16 for half the size (the checkpoint keeps float32).")] = "fp32",
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the clips drawn, their order and the noise: "
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the clips drawn, their order and the noise: "
                                       "a resumed run must be given the same one.")] = 0,
     preset: Annotated[str, typer.Option("--preset", "-p", help="Preset with a train section.")] = "toy-init",
     set_: opt.SetOpt = None,
@@ -62,6 +62,10 @@ def command(
             raise UsageError(f"--phase {name!r}: choose from {', '.join(PHASES)}")
     if cache < 1:
         raise UsageError(f"--cache must be at least 1, got {cache}")
+    if seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {seed}",
+                         hint="a run's seed keys its clips and must be the same on every resume; none is drawn "
+                              "at random")
     if more < 0 or (more and prepare):
         raise UsageError(f"--more takes a positive number of steps and does not go with --prepare, got {more}")
     if export is not None and (prepare or more or init is not None or phase):
