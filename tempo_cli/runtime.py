@@ -85,7 +85,6 @@ class ModelStore:
     def dit(self):
         from tempo_cli.models.dit import MultiMaskDiT
 
-        self._in_use()
         if "dit" not in self._models and self.offload and self.device.type != "cpu":
             from tempo_cli.offload import offload_blocks
 
