@@ -46,7 +46,7 @@ def plan(
     cost = estimate_cost(the_plan, chosen.dit, [s.steps for s in settings],
                          guidance=chosen.sampler.guidance != "none", text_len=chosen.text_encoder.text_len,
                          spatial_factor=chosen.vae.spatial_factor, stagger=[s.stagger for s in settings],
-                         lag=[s.lag for s in settings])
+                         lag=[s.lag for s in settings], waiting_frames=chosen.sampler.waiting_frames)
     data = plan_to_dict(the_plan, cost)
     if as_json:
         typer.echo(json.dumps(data, indent=2))

@@ -244,9 +244,17 @@ class SamplerConfig:
     # DDIM's eta for the flow; 1 is ancestral sampling); () or 0: the plain ODE, Euler steps.
     eta: tuple[float, ...] = ()
     eta_window: tuple[float, float] = (0.0, 1.0)
+    # where later latent frames lag (lag or stagger), how many of those still waiting their turn (pure noise)
+    # each DiT pass keeps after the last frame that has started or holds a condition; null keeps them all. Fewer
+    # tokens, and a different video.
+    waiting_frames: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        if self.waiting_frames is not None and (isinstance(self.waiting_frames, bool)
+                                                or not isinstance(self.waiting_frames, int) or self.waiting_frames < 0):
+            raise ConfigError(f"sampler.waiting_frames is a number of latent frames >= 0, or null for all of them; "
+                              f"got {self.waiting_frames!r}")
         object.__setattr__(self, "eta", tuple(float(e) for e in self.eta))
         if self.eta and (len(self.eta) != len(self.steps) or not all(0 <= e <= 1 for e in self.eta)):
             raise ConfigError(f"sampler.eta needs one value in [0, 1] per level, got {list(self.eta)}")

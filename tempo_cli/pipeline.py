@@ -51,6 +51,7 @@ class LevelSampling:
     lag: float = 0.0  # each latent frame starts this many steps after the one before (sampling.rolling_schedule)
     eta: float = 0.0  # stochastic steps (sampling.flow_step) while sigma lies in eta_window
     eta_window: tuple[float, float] = (0.0, 1.0)
+    waiting_frames: int | None = None  # waiting latent frames a DiT pass keeps (sampler.waiting_frames); None: all
 
     @classmethod
     def for_level(cls, preset: Preset, interval: int, steps: int | None = None) -> "LevelSampling":
@@ -62,7 +63,7 @@ class LevelSampling:
                    sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
                    sampler.noise_prior, sampler.stagger[index] if sampler.stagger else 0.0,
                    sampler.lag[index] if sampler.lag else 0.0, sampler.eta[index] if sampler.eta else 0.0,
-                   sampler.eta_window)
+                   sampler.eta_window, sampler.waiting_frames)
 
     @property
     def guided(self) -> bool:
@@ -147,8 +148,8 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
     elif strength != 1.0:
         raise UsageError("a denoising strength below 1 needs start latents to noise")
     total = sum(len(sigmas) for sigmas, _ in schedules)
-    steps = (f"{settings.steps} steps" + (f", staggered {settings.stagger:g}" if settings.stagger else "")
-             + (f", each latent frame {settings.lag:g} steps behind" if settings.lag else ""))
+    steps = (f"{settings.steps} steps" + (f", stagger {settings.stagger:g}" if settings.stagger else "")
+             + (f", lag {settings.lag:g}" if settings.lag else ""))  # short: the bar's time stays on 80 columns
     with progress.task(f"{_fps_name(level)}: {len(level.chunks)} chunk(s), {steps}", total) as advance:
         for members, (sigmas, next_sigmas) in zip(batches, schedules):
             y = torch.stack([conditions[i] for i in members]).to(device, dtype)  # [b, 4+z, F, h, w]
@@ -164,35 +165,65 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                                      f"{tuple(z.shape[1:])}")
                 z = (1 - strength) * given + strength * z
             rope = torch.tensor([level.chunks[i].rope for i in members], device=device)
+            frames = z.shape[2]
+            conditioned = y[:, :4].abs().amax(dim=(0, 1, 3, 4)) > 0  # [F]: latent frames holding a condition
             state = None
             redraw = [sampling.step_noise(z_shape, seed, level.interval, i) for i in members] if settings.eta else []
             for step in range(len(sigmas)):
+                n = frames  # the leading latent frames this step's DiT pass takes
                 if sigmas.dim() == 1:  # one time for every frame (a float, as the reference computes it)
                     sigma, sigma_next = sigmas[step].item(), next_sigmas[step].item()
                     t = (sigmas[step] * 1000).expand(len(members)).to(device)
                 else:  # one per latent frame; a finished frame (sigma 0) stays put whatever its velocity
-                    sigma = sigmas[step].to(device).reshape(1, 1, -1, 1, 1)
-                    sigma_next = next_sigmas[step].to(device).reshape(1, 1, -1, 1, 1)
-                    t = (sigmas[step] * 1000)[None].expand(len(members), -1).to(device)
+                    if settings.waiting_frames is not None:
+                        n = frames_in_pass(next_sigmas[step], conditioned.cpu(), settings.waiting_frames)
+                    sigma = sigmas[step, :n].to(device).reshape(1, 1, -1, 1, 1)
+                    sigma_next = next_sigmas[step, :n].to(device).reshape(1, 1, -1, 1, 1)
+                    t = (sigmas[step, :n] * 1000)[None].expand(len(members), -1).to(device)
+                z_in, y_in = z[:, :, :n], y[:, :, :n]
                 with torch.inference_mode():
                     if not guided:
-                        velocity = dit(z, t, context, y, rope)
+                        velocity = dit(z_in, t, context, y_in, rope[:, :n])
                     else:
-                        cond_v, uncond_v = _guidance_passes(dit, z, t, context, negative, y, rope, batch_guidance)
+                        cond_v, uncond_v = _guidance_passes(dit, z_in, t, context, negative, y_in, rope[:, :n],
+                                                            batch_guidance)
                         guide_sigma = sigma if isinstance(sigma, float) else sigma.clamp_min(1e-4)  # APG divides
-                        velocity, state = sampling.guide(settings.guidance, cond_v, uncond_v, z,
-                                                         guide_sigma, settings.guidance_scale, state)
+                        part = None if state is None else sampling.ApgState(state.running[:, :, :n])
+                        velocity, part = sampling.guide(settings.guidance, cond_v, uncond_v, z_in,
+                                                        guide_sigma, settings.guidance_scale, part)
+                        state = _widen_state(part, frames)
                 if redraw:
-                    fresh = torch.stack([next(stream) for stream in redraw]).to(device)
-                    z = sampling.flow_step(z, velocity.float(), sigma, sigma_next, settings.eta, fresh,
-                                           settings.eta_window)
+                    fresh = torch.stack([next(stream) for stream in redraw]).to(device)[:, :, :n]
+                    stepped = sampling.flow_step(z_in, velocity.float(), sigma, sigma_next, settings.eta, fresh,
+                                                 settings.eta_window)
                 else:
-                    z = sampling.euler_step(z, velocity.float(), sigma, sigma_next)
+                    stepped = sampling.euler_step(z_in, velocity.float(), sigma, sigma_next)
+                z = stepped if n == frames else torch.cat([stepped, z[:, :, n:]], dim=2)
                 advance(1)
             results.update(zip(members, z.cpu()))
     if shared:
         results = distributed.gather(results)
     return [results[c.index] for c in level.chunks]
+
+
+def frames_in_pass(next_sigmas: torch.Tensor, conditioned: torch.Tensor, waiting: int = 0) -> int:
+    """How many leading latent frames a pass takes that keeps ``waiting`` of the frames still waiting their turn,
+    given each frame's sigma after this step ``[F]`` and which frames hold a condition ``[F]`` (bool): through the
+    last frame that has started (its sigma falls below 1 with this step, or already has) or is given, and
+    ``waiting`` more. The frames after those are pure noise that this step leaves as they are."""
+    busy = (next_sigmas < 1) | conditioned
+    last = int(busy.nonzero().max()) if bool(busy.any()) else 0
+    return min(last + 1 + waiting, len(next_sigmas))
+
+
+def _widen_state(state: sampling.ApgState | None, frames: int) -> sampling.ApgState | None:
+    """APG's running difference over a pass's leading latent frames, padded with zeros to all ``frames`` (a frame
+    left out so far has nothing to carry)."""
+    if state is None or state.running.shape[2] == frames:
+        return state
+    running = state.running.new_zeros((*state.running.shape[:2], frames, *state.running.shape[3:]))
+    running[:, :, :state.running.shape[2]] = state.running
+    return sampling.ApgState(running)
 
 
 def _schedule(settings: LevelSampling, latent_frames: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -408,16 +408,32 @@ def lagged_steps(steps: int, latent: int, stagger: float = 0.0, lag: float = 0.0
     return steps + (round(stagger * steps) if latent > 1 else 0)
 
 
+def pass_frames(steps: int, latent: int, stagger: float = 0.0, lag: float = 0.0,
+                waiting_frames: int | None = None) -> list[int]:
+    """The latent frames in each DiT pass of a chunk of ``latent`` latent frames: all of them in each of its
+    :func:`lagged_steps` passes or, keeping ``waiting_frames`` of the frames still waiting their turn
+    (``sampler.waiting_frames``), those that have started by each step and that many more (frames given as
+    conditions, which every pass keeps, aside)."""
+    walk = lagged_steps(steps, latent, stagger, lag)
+    if waiting_frames is None or walk == steps:
+        return [latent] * walk
+    per_frame = lag if lag else stagger * steps / max(latent - 1, 1)
+    starts = [round(k * per_frame) for k in range(latent)]
+    return [min(latent, sum(start <= step for start in starts) + waiting_frames) for step in range(walk)]
+
+
 def _level_cost(dit: DiTConfig, interval: int, frames: Sequence[int], per_latent: int, steps: int, passes: int,
-                text_len: int, dtype_bytes: int, stagger: float = 0.0, lag: float = 0.0) -> LevelCost:
+                text_len: int, dtype_bytes: int, stagger: float = 0.0, lag: float = 0.0,
+                waiting_frames: int | None = None) -> LevelCost:
     tokens = [latent_frames(f) // dit.patch_size[0] * per_latent for f in frames]
-    walks = [lagged_steps(steps, latent_frames(f), stagger, lag) for f in frames]
-    flops = sum(forward_flops(dit, t, text_len) * n for t, n in zip(tokens, walks)) * passes
+    walks = [pass_frames(steps, latent_frames(f), stagger, lag, waiting_frames) for f in frames]
+    flops = sum(forward_flops(dit, max(n // dit.patch_size[0], 1) * per_latent, text_len)
+                for walk in walks for n in walk) * passes
     chunks, peak = len(tokens), max(tokens)
     batch = chunks * passes  # the guidance passes run as one batch
     per_token = 2 * dit.dim * 4 + max(2 * dit.ffn_dim, 4 * dit.dim) * dtype_bytes
     scores = batch * dit.num_heads * peak * peak * dtype_bytes
-    most = max(walks)
+    most = max(len(walk) for walk in walks)
     return LevelCost(interval, chunks, steps, passes, peak, flops, batch * peak * per_token,
                      passes * peak * per_token, scores, most if most != steps else 0)
 
@@ -425,11 +441,12 @@ def _level_cost(dit: DiTConfig, interval: int, frames: Sequence[int], per_latent
 def estimate_cost(plan: Plan, dit: DiTConfig, steps: int | Sequence[int], guidance: bool = True, text_len: int = 512,
                   dtype_bytes: int = 2, one_shot_steps: int | None = None,
                   spatial_factor: int = SPATIAL_FACTOR, stagger: Sequence[float] = (),
-                  lag: Sequence[float] = ()) -> CostEstimate:
+                  lag: Sequence[float] = (), waiting_frames: int | None = None) -> CostEstimate:
     """Estimated FLOPs and activation memory per level of ``plan`` for the DiT of ``dit`` (a DiTConfig).
 
     ``steps`` per level (or one count for all); ``guidance`` doubles the forwards (CFG/APG); ``stagger`` and
-    ``lag`` per level (the sampler's; () for none) add each chunk's lagging steps (:func:`lagged_steps`). The
+    ``lag`` per level (the sampler's; () for none) add each chunk's lagging steps (:func:`lagged_steps`), and
+    ``waiting_frames`` counts only the frames each of those passes takes (:func:`pass_frames`). The
     one-shot baseline generates the final level's frames as a single chunk with ``one_shot_steps`` (default: the
     blueprint's). Token counts use ``dit.patch_size`` on the latent grid of a VAE with ``spatial_factor``.
     """
@@ -446,7 +463,8 @@ def estimate_cost(plan: Plan, dit: DiTConfig, steps: int | Sequence[int], guidan
     if len(staggers) != len(plan.levels) or len(lags) != len(plan.levels):
         raise ConfigError(f"stagger and lag need one value per level ({len(plan.levels)}), got {stagger!r}, {lag!r}")
     levels = tuple(_level_cost(dit, lv.interval, [c.frames for c in lv.chunks], per_latent, n, passes, text_len,
-                               dtype_bytes, st, lg) for lv, n, st, lg in zip(plan.levels, counts, staggers, lags))
+                               dtype_bytes, st, lg, waiting_frames)
+                   for lv, n, st, lg in zip(plan.levels, counts, staggers, lags))
     one_shot = _level_cost(dit, plan.final.interval, [plan.final.frames], per_latent,
                            one_shot_steps or counts[0], passes, text_len, dtype_bytes)
     return CostEstimate(levels, one_shot)

@@ -311,6 +311,27 @@ def test_cost_counts_the_steps_that_lagging_frames_add():
         estimate_cost(plan, dit, (10, 5, 5), lag=(2.0,))
 
 
+@pytest.mark.parametrize("stagger, lag, waiting", [(0.0, 2.0, 0), (0.5, 0.0, 0), (0.0, 1.5, 2)])
+def test_cost_of_leaving_waiting_frames_out_counts_the_frames_each_pass_takes(stagger, lag, waiting):
+    from tempo_cli.plan import forward_flops, pass_frames
+    from tempo_cli.sampling import rolling_schedule, staggered_schedule
+
+    plan = make_plan(29, height=64, width=96)  # blueprint: one chunk of 8 latent frames
+    dit = tiny_dit()
+    _, following = rolling_schedule(10, 3.0, 8, lag) if lag else staggered_schedule(10, 3.0, 8, stagger)
+    walk = pass_frames(10, 8, stagger, lag, waiting_frames=waiting)
+    assert walk == [min(8, int((row < 1).sum()) + waiting) for row in following]  # as the sampler's passes
+    per_latent = plan.tokens_per_latent_frame
+    full = estimate_cost(plan, dit, (10, 5, 5), text_len=8, stagger=(stagger, 0, 0), lag=(lag, 0, 0))
+    skipped = estimate_cost(plan, dit, (10, 5, 5), text_len=8, stagger=(stagger, 0, 0), lag=(lag, 0, 0),
+                            waiting_frames=waiting)
+    assert skipped.levels[0].flops == 2 * sum(forward_flops(dit, n * per_latent, 8) for n in walk)
+    assert skipped.levels[0].flops < full.levels[0].flops
+    assert skipped.levels[0].lagged_steps == full.levels[0].lagged_steps == len(walk)
+    assert skipped.levels[1:] == full.levels[1:]  # levels without lag have nothing waiting
+    assert pass_frames(10, 8, waiting_frames=0) == [8] * 10
+
+
 @pytest.mark.parametrize("intervals, chunks", [((4, 2, 1), (1, 2, 4)), ((4, 2, 1), (1, 4, 8)), ((4, 1), (1, 4)),
                                                ((4, 1), (1, 8))])
 def test_next_frame_rate_beats_one_shot_for_long_videos(intervals, chunks):

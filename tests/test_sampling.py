@@ -318,6 +318,64 @@ def test_denoise_level_walks_each_latent_frame_along_its_schedule(stagger, lag):
     torch.testing.assert_close(z, start - 1.0)
 
 
+class _FrameLocal(torch.nn.Module):
+    """A stand-in DiT whose velocity at a latent frame depends only on that frame's latents, time and condition
+    (and the prompt), so that leaving other frames out of a pass cannot change it; records each pass's frames."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.widths = []
+
+    def forward(self, z, t, context, y, rope):
+        assert y.shape[2] == rope.shape[1] == t.shape[1] == z.shape[2]
+        self.widths.append(z.shape[2])
+        prompt = context.mean(dim=(1, 2)).reshape(-1, 1, 1, 1, 1)
+        return 0.3 * z - t.reshape(t.shape[0], 1, -1, 1, 1) / 1000 + y[:, 4:] + prompt
+
+
+@pytest.mark.parametrize("stagger, lag, eta, waiting", [(0.0, 2.0, 0.0, 0), (0.5, 0.0, 0.0, 1), (0.0, 3.0, 0.6, 2)])
+def test_waiting_frames_left_out_of_the_passes_change_no_frame_local_result(stagger, lag, eta, waiting):
+    from tempo_cli import pipeline
+    from tempo_cli.plan import make_plan
+
+    level = make_plan(17, (4,), (1,), height=16, width=16).levels[0]  # one chunk of 5 latent frames
+    settings = pipeline.LevelSampling(steps=8, shift=3.0, guidance="cfg", guidance_scale=4.0, stagger=stagger,
+                                      lag=lag, eta=eta, eta_window=(0.2, 0.9))
+    prompt, negative = torch.full((3, 8), 0.5), torch.zeros(3, 8)
+    y = torch.zeros(4 + 4, 5, 2, 2)
+    y[4:, 0] = 0.7  # condition latents with no mask: what the frames are given, not a condition
+    runs = {}
+    for kept in (None, waiting):
+        dit = _FrameLocal()
+        (z,) = pipeline.denoise_level(dit, level, [y], prompt, negative,
+                                      dataclasses.replace(settings, waiting_frames=kept), seed=1)
+        runs[kept] = z, dit.widths
+    torch.testing.assert_close(runs[waiting][0], runs[None][0])  # the same video from a frame-local model
+    sigmas, following = (rolling_schedule(8, 3.0, 5, lag) if lag else staggered_schedule(8, 3.0, 5, stagger))
+    assert runs[None][1] == [5] * len(sigmas)
+    started = [int((row < 1).sum()) for row in following]  # frames whose sigma has left 1 after each step
+    assert runs[waiting][1] == [min(5, n + waiting) for n in started]
+    assert started[0] == 1 and sum(runs[waiting][1]) < 5 * len(sigmas)
+
+
+def test_leaving_waiting_frames_out_keeps_a_later_condition_in_every_pass():
+    from tempo_cli import pipeline
+    from tempo_cli.plan import make_plan
+
+    level = make_plan(17, (4,), (1,), height=16, width=16).levels[0]
+    for guidance in ("cfg", "apg"):
+        settings = pipeline.LevelSampling(steps=6, shift=3.0, guidance=guidance, guidance_scale=4.0, lag=2.0,
+                                          waiting_frames=0)
+        y = torch.zeros(4 + 4, 5, 2, 2)
+        y[:4, 3] = 1.0  # latent frame 3 given (a keyframe): the frames up to it are in every pass
+        dit = _FrameLocal()
+        (z,) = pipeline.denoise_level(dit, level, [y], torch.full((3, 8), 0.5), torch.zeros(3, 8), settings,
+                                      seed=1)
+        assert min(dit.widths) == 4 and dit.widths[-1] == 5 and bool(z.isfinite().all())
+    assert pipeline.frames_in_pass(torch.ones(5), torch.zeros(5, dtype=torch.bool)) == 1  # nothing started yet
+
+
 def test_stochastic_steps_draw_each_chunks_own_noise_whatever_the_batch():
     from tempo_cli import pipeline
     from tempo_cli.plan import make_plan

@@ -942,6 +942,9 @@ def test_training_noise_is_correlated_as_the_train_section_says_level_by_level(t
                          ("sampler.eta_window=[0.8,0.1]", "sampler.eta_window is"),
                          ("sampler.eta=[0.7,0,0] sampler.eta_window=[0.1,0.8]", None),
                          ("sampler.stagger=[0.5,0,0]", None), ("sampler.lag=[3,0,0]", None),
+                         ("sampler.waiting_frames=-1", "sampler.waiting_frames is a number"),
+                         ("sampler.waiting_frames=true", "sampler.waiting_frames must be int or null"),
+                         ("sampler.lag=[3,0,0] sampler.waiting_frames=2", None),
                          ("sampler.stagger=[0.5,0,0] sampler.lag=[3,0,0]", "both set a level's lag")):
         if message is None:
             load_preset("tiny-train", bad.split())  # valid on its own
