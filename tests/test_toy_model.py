@@ -178,10 +178,11 @@ def join_figures(frames: np.ndarray, main: list, join: int, prompt: str) -> dict
 # 30 s at 24 fps: share of frames with exactly one object, share with an object, colour names kept, RGB drift of
 # the main object's colour and px drift of its size from the first second to the last, largest jump / limit.
 THIRTY_BARS = {"count": 0.95, "found": 0.99, "colours": 1.0, "colour drift": 40.0, "size drift": 3.0, "jump": 1.0}
-# shipped, 2 threads: 1.0, 1.0, yellow -> yellow, 3.6, 1.38, 0.49 (1.52 px against 3.1)
+# shipped, 2 threads (AMD EPYC, 12 steps on the finer levels): 1.0, 1.0, yellow -> yellow, 3.7, 1.54, 0.56 (1.76 px
+# against 3.1)
 # The joins of 30 s + 15 s + 15 s: the second either side of each join.
 JOIN_BARS = {"found": 1.0, "colour": 1.0, "size change": 3.0, "jump": 1.0}
-# shipped: join at 30 s 1.0, 1.0, 0.88, 0.49; at 45 s 1.0, 1.0, 0.54, 0.49
+# shipped (same machine): join at 30 s 1.0, 1.0, 1.37, 0.51; at 45 s 1.0, 1.0, 0.04, 0.51
 LOWER_IS_BETTER = {"colour drift", "size drift", "jump", "size change"}
 
 
