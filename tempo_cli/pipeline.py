@@ -166,7 +166,7 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                 z = (1 - strength) * given + strength * z
             rope = torch.tensor([level.chunks[i].rope for i in members], device=device)
             frames = z.shape[2]
-            conditioned = y[:, :4].abs().amax(dim=(0, 1, 3, 4)) > 0  # [F]: latent frames holding a condition
+            conditioned = (y[:, :4].abs().amax(dim=(0, 1, 3, 4)) > 0).cpu()  # [F]: frames with a condition
             state = None
             redraw = [sampling.step_noise(z_shape, seed, level.interval, i) for i in members] if settings.eta else []
             for step in range(len(sigmas)):
@@ -176,7 +176,7 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                     t = (sigmas[step] * 1000).expand(len(members)).to(device)
                 else:  # one per latent frame; a finished frame (sigma 0) stays put whatever its velocity
                     if settings.waiting_frames is not None:
-                        n = frames_in_pass(next_sigmas[step], conditioned.cpu(), settings.waiting_frames)
+                        n = frames_in_pass(next_sigmas[step], conditioned, settings.waiting_frames)
                     sigma = sigmas[step, :n].to(device).reshape(1, 1, -1, 1, 1)
                     sigma_next = next_sigmas[step, :n].to(device).reshape(1, 1, -1, 1, 1)
                     t = (sigmas[step, :n] * 1000)[None].expand(len(members), -1).to(device)
