@@ -402,10 +402,17 @@ def forward_flops(dit: DiTConfig, tokens: int, text_len: int) -> int:
 def lagged_steps(steps: int, latent: int, stagger: float = 0.0, lag: float = 0.0) -> int:
     """DiT steps of a chunk of ``latent`` latent frames whose later frames lag (as
     :func:`tempo_cli.sampling.staggered_schedule` and :func:`tempo_cli.sampling.rolling_schedule` walk them):
-    ``steps`` plus the last frame's lag."""
+    ``steps`` plus the last frame's lag (:func:`frame_starts`)."""
+    return steps + frame_starts(steps, latent, stagger, lag)[-1]
+
+
+def frame_starts(steps: int, latent: int, stagger: float = 0.0, lag: float = 0.0) -> list[int]:
+    """The step at which each of a chunk's ``latent`` latent frames starts its walk down the schedule, as
+    :func:`tempo_cli.sampling.rolling_schedule` (``lag`` steps after the frame before) and
+    :func:`tempo_cli.sampling.staggered_schedule` (the last ``stagger`` of ``steps`` after the first) walk them."""
     if lag:
-        return steps + round((latent - 1) * lag)
-    return steps + (round(stagger * steps) if latent > 1 else 0)
+        return [round(k * lag) for k in range(latent)]
+    return [round(k * stagger * steps / max(latent - 1, 1)) for k in range(latent)]
 
 
 def pass_frames(steps: int, latent: int, stagger: float = 0.0, lag: float = 0.0,
@@ -417,8 +424,7 @@ def pass_frames(steps: int, latent: int, stagger: float = 0.0, lag: float = 0.0,
     walk = lagged_steps(steps, latent, stagger, lag)
     if waiting_frames is None or walk == steps:
         return [latent] * walk
-    per_frame = lag if lag else stagger * steps / max(latent - 1, 1)
-    starts = [round(k * per_frame) for k in range(latent)]
+    starts = frame_starts(steps, latent, stagger, lag)
     return [min(latent, sum(start <= step for start in starts) + waiting_frames) for step in range(walk)]
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from tempo_cli.config import NOISE_PRIORS
 from tempo_cli.errors import ConfigError
+from tempo_cli.plan import frame_starts
 
 GUIDANCE_KINDS = ("cfg", "apg")
 # APG's momentum-averaged difference is clipped per latent frame, over (C, H, W) ...
@@ -54,8 +55,7 @@ def staggered_schedule(steps: int, shift: float, frames: int, stagger: float) ->
         raise ConfigError(f"sampler stagger must be a finite number >= 0, got {stagger!r}",
                           "use 0 (every frame together) to 1 (the last frame starts as the first ends)")
     _check_frames(frames)
-    return _lagged_schedule(steps, shift, torch.arange(frames, dtype=torch.float64) * stagger * steps
-                            / max(frames - 1, 1))
+    return _lagged_schedule(steps, shift, frame_starts(steps, frames, stagger=stagger))
 
 
 def rolling_schedule(steps: int, shift: float, frames: int, lag: float) -> tuple[Tensor, Tensor]:
@@ -65,7 +65,7 @@ def rolling_schedule(steps: int, shift: float, frames: int, lag: float) -> tuple
     if isinstance(lag, bool) or not isinstance(lag, (int, float)) or not 0 <= lag < math.inf:
         raise ConfigError(f"sampler lag must be a finite number of steps >= 0, got {lag!r}")
     _check_frames(frames)
-    return _lagged_schedule(steps, shift, torch.arange(frames, dtype=torch.float64) * lag)
+    return _lagged_schedule(steps, shift, frame_starts(steps, frames, lag=lag))
 
 
 def _check_frames(frames: int) -> None:
@@ -73,11 +73,11 @@ def _check_frames(frames: int) -> None:
         raise ConfigError(f"a staggered schedule needs a whole number of latent frames >= 1, got {frames!r}")
 
 
-def _lagged_schedule(steps: int, shift: float, lags: Tensor) -> tuple[Tensor, Tensor]:
-    """Frame ``k`` walks the flow schedule ``round(lags[k])`` steps after step 0 (see :func:`staggered_schedule`)."""
+def _lagged_schedule(steps: int, shift: float, starts: list[int]) -> tuple[Tensor, Tensor]:
+    """Frame ``k`` walks the flow schedule ``starts[k]`` steps after step 0 (see :func:`staggered_schedule`)."""
     sigmas, _ = flow_schedule(steps, shift)
     grid = torch.cat([sigmas, sigmas.new_zeros(1)])  # [steps + 1]: the sigma after j steps
-    lags = torch.round(lags).long()
+    lags = torch.tensor(starts)
     index = torch.arange(steps + int(lags[-1]))[:, None] - lags[None]  # [S, F]: steps frame k has taken
     return grid[index.clamp(0, steps)], grid[(index + 1).clamp(0, steps)]
 
