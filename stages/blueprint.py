@@ -110,7 +110,7 @@ def run(session: "Session", prompt: str, *, fps: float, frames: int | None = Non
     from that video's latents noised to ``strength`` (default 0.8) instead of from pure noise."""
     from tempo_cli.latents import LatentFile, LatentHeader
     from tempo_cli.pipeline import (LevelSampling, chunk_records, denoise_level, encode_prompts, guided_anywhere,
-                                    level_conditions)
+                                    level_conditions, shape_steering)
     from tempo_cli.plan import make_plan
     from tempo_cli.presets import resolved_dict
 
@@ -135,7 +135,8 @@ def run(session: "Session", prompt: str, *, fps: float, frames: int | None = Non
     conditions = level_conditions(store.vae(), level, None, anchors, height, width)
     start = start_latents(store.vae(), level, source) if source is not None else None
     latents = denoise_level(store.dit(), level, conditions, embeds, negative, settings, seed,
-                            micro_batch=micro_batch, progress=progress, start=start, strength=strength)
+                            micro_batch=micro_batch, progress=progress, start=start, strength=strength,
+                            steer=shape_steering(store, settings, prompt, progress))
     redrawn = {"video": str(video), "strength": strength} if video else {}
     header = LatentHeader(
         stage="blueprint", preset=preset.name, preset_config=resolved_dict(preset), weights_id=weights_id,

@@ -50,7 +50,7 @@ def run(session: "Session", parent: "LatentFile", *, seconds: float = 10.0, cont
     """Continue ``parent`` by ``seconds``; returns the joined video's latent file (not yet written)."""
     from tempo_cli.latents import LatentFile, utc_now
     from tempo_cli.pipeline import (LevelSampling, chunk_records, decode_file, decode_level, denoise_level,
-                                    encode_prompts, guided_anywhere, level_conditions)
+                                    encode_prompts, guided_anywhere, level_conditions, shape_steering)
     from tempo_cli.plan import make_plan
 
     preset, store, progress = session.preset, session.store, session.progress
@@ -90,12 +90,14 @@ def run(session: "Session", parent: "LatentFile", *, seconds: float = 10.0, cont
     settings = LevelSampling.for_level(preset, chain[0], steps)
     conditions = level_conditions(store.vae(), level, None, anchors[chain[0]], height, width)
     latents = denoise_level(store.dit(), level, conditions, embeds, negative, settings, run_seed,
-                            micro_batch=micro_batch, progress=progress)
+                            micro_batch=micro_batch, progress=progress,
+                            steer=shape_steering(store, settings, prompt, progress))
     if len(chain) > 1:
         coarse = decode_level(store.vae(), level, latents, progress)
         counts = chunk_counts(preset, chain, chunks, layout)
         levels, latents, settings = refine_levels(session, coarse, level, chain, counts, layout, embeds, negative,
-                                                  run_seed, steps=steps, micro_batch=micro_batch, anchors_at=anchors)
+                                                  run_seed, steps=steps, micro_batch=micro_batch, anchors_at=anchors,
+                                                  prompt=prompt)
         level = levels[-1]
     new_records = [{**r, "start": r["start"] + offset} for r in chunk_records(level)]
     negative_prompt = preset.sampler.negative_prompt  # the input's own when its embeddings were kept

@@ -72,13 +72,14 @@ def chunk_counts(preset, chain: Sequence[int], chunks: str | None, layout: str) 
 def refine_levels(session: "Session", coarse: "torch.Tensor", level: "Level", chain: Sequence[int],
                   counts: Sequence[int | None], layout: str, embeds, negative, seed: int, *,
                   steps: int | None = None, micro_batch: int | None = None,
-                  anchors_at: Mapping[int, Mapping[int, "torch.Tensor"]] | None = None):
+                  anchors_at: Mapping[int, Mapping[int, "torch.Tensor"]] | None = None, prompt: str | None = None):
     """Refine ``level`` (decoded as ``coarse [3, N, H, W]``) through ``chain[1:]``.
 
-    ``anchors_at`` adds anchors per frame interval (level position -> frame), e.g. continuation context.
+    ``anchors_at`` adds anchors per frame interval (level position -> frame), e.g. continuation context;
+    ``prompt`` (the text of ``embeds``) is what a level with classifier guidance guides towards.
     Returns ``(levels, latents, settings)`` of the last level, with every level generated in ``levels``.
     """
-    from tempo_cli.pipeline import LevelSampling, decode_level, denoise_level, level_conditions
+    from tempo_cli.pipeline import LevelSampling, decode_level, denoise_level, level_conditions, shape_steering
     from tempo_cli.plan import next_level
 
     preset, store, progress = session.preset, session.store, session.progress
@@ -92,7 +93,8 @@ def refine_levels(session: "Session", coarse: "torch.Tensor", level: "Level", ch
         extra = (anchors_at or {}).get(interval, {})
         conditions = level_conditions(store.vae(), level, coarse, extra, height, width)
         latents = denoise_level(store.dit(), level, conditions, embeds, negative, settings, seed,
-                                micro_batch=micro_batch, progress=progress)
+                                micro_batch=micro_batch, progress=progress,
+                                steer=shape_steering(store, settings, prompt, progress))
         levels.append(level)
     return levels, latents, settings
 
@@ -121,7 +123,7 @@ def run(session: "Session", parent: "LatentFile", *, to_fps: float, via: str | N
         negative = encode_negative(session.store, header.negative_prompt, parent.prompt_embeds, session.progress)
     levels, latents, settings = refine_levels(session, coarse, level_from_header(header), chain, counts, layout,
                                               parent.prompt_embeds, negative, run_seed, steps=steps,
-                                              micro_batch=micro_batch)
+                                              micro_batch=micro_batch, prompt=header.prompt)
     history = list(header.levels) + [level_record(header)]
     for level in levels[1:-1]:  # each intermediate level with its own steps, not the final level's
         level_steps = LevelSampling.for_level(session.preset, level.interval, steps).steps

@@ -11,7 +11,7 @@ from tempo_cli import options as opt
 from tempo_cli.errors import UsageError
 from tempo_cli.plugins import Stage
 
-PHASES = ("vae", "stage1", "stage2", "decoder")  # as tempo_cli.training.PHASES, without importing torch
+PHASES = ("vae", "stage1", "stage2", "classifier", "decoder")  # training.PHASES, without importing torch
 
 
 def command(
@@ -20,7 +20,8 @@ def command(
     data: Annotated[str, typer.Option("--data", help="'toyworld', 'toyworld:SEED', or a folder of videos with "
                                       "captions (.txt beside each, or captions.jsonl).")] = "toyworld",
     phase: Annotated[Optional[list[str]], typer.Option("--phase", help="Train only these phases (vae, stage1, "
-                                                       "stage2, decoder); default all, in order. Repeatable.")] = None,
+                                                       "stage2, classifier, decoder); default all, in order. "
+                                                       "Repeatable.")] = None,
     cache: Annotated[int, typer.Option("--cache", help="Clips encoded per DiT phase (kept in DIR/cache and "
                                        "reused by later runs with the same VAE and settings).")] = 512,
     prepare: Annotated[bool, typer.Option("--prepare", help="Only encode the DiT phases' clips into DIR/cache "

@@ -248,9 +248,23 @@ class SamplerConfig:
     # each DiT pass keeps after the last frame that has started or holds a condition; null keeps them all. Fewer
     # tokens, and a different video.
     waiting_frames: int | None = None
+    # per level, the scale of classifier guidance (Dhariwal and Nichol, 2021) by the preset's classifier section:
+    # each step moves the latent frames whose sigma lies in classifier_window up the gradient of the log-probability
+    # that each object the prompt names has its shape; () or 0: off. Toy-world prompts only.
+    classifier_scale: tuple[float, ...] = ()
+    classifier_window: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        object.__setattr__(self, "classifier_scale", tuple(float(c) for c in self.classifier_scale))
+        if self.classifier_scale and (len(self.classifier_scale) != len(self.steps)
+                                      or not all(0 <= c < math.inf for c in self.classifier_scale)):
+            raise ConfigError(f"sampler.classifier_scale needs one value >= 0 per level, got "
+                              f"{list(self.classifier_scale)}")
+        object.__setattr__(self, "classifier_window", tuple(float(w) for w in self.classifier_window))
+        if len(self.classifier_window) != 2 or not 0 <= self.classifier_window[0] <= self.classifier_window[1] <= 1:
+            raise ConfigError(f"sampler.classifier_window is [low, high] with 0 <= low <= high <= 1, got "
+                              f"{list(self.classifier_window)}")
         if self.waiting_frames is not None and (isinstance(self.waiting_frames, bool)
                                                 or not isinstance(self.waiting_frames, int) or self.waiting_frames < 0):
             raise ConfigError(f"sampler.waiting_frames is a number of latent frames >= 0, or null for all of them; "
@@ -294,10 +308,26 @@ class SamplerConfig:
         else:
             object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
 
+    def classifier_scale_at(self, index: int) -> float:
+        """The classifier guidance scale of level ``index`` (coarse to fine); 0: off."""
+        return self.classifier_scale[index] if self.classifier_scale else 0.0
+
     def guidance_scale_at(self, index: int) -> float:
         """The guidance scale of level ``index`` (coarse to fine)."""
         scale = self.guidance_scale
         return scale[index] if isinstance(scale, tuple) else scale
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """A toy-world shape classifier on noisy latent frames, for classifier guidance (``sampler.classifier_scale``;
+    :mod:`tempo_cli.models.classifier`). ``dim``: channels of its first convolutions."""
+
+    dim: int = 64
+    z_dim: int = 16
+
+    def __post_init__(self) -> None:
+        _positive("classifier", dim=self.dim, z_dim=self.z_dim)
 
 
 @dataclass(frozen=True)
@@ -308,6 +338,7 @@ class WeightsConfig:
     vae: str = ""
     text_encoder: str = ""
     tokenizer: str = ""
+    classifier: str = ""  # only with a classifier section
     random_seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -392,6 +423,11 @@ class TrainConfig:
     vae_frames: tuple[int, ...] = (1, 5, 9)  # VAE clip lengths, drawn uniformly (repeat one to draw it more often)
     stage2_levels: tuple[float, ...] = ()  # stage 2: how often each level (coarse to fine) is drawn; (): equally
     cache_refresh: int = 0  # DiT phases: encode new clips every this many steps (0: one set of clips per round)
+    # after the DiT: the classifier section's network learns the shapes of the stage-2 clips' objects from their
+    # latent frames noised to a uniform time, classifier_batch frames a step (0 steps: none); toy-world captions
+    classifier_steps: int = 0
+    classifier_lr: float = 2e-3
+    classifier_batch: int = 256
     # the DiT's training noise per level, correlated across latent frames like sampler.noise_correlation and
     # sampler.noise_prior (PYoCo trains and samples with the same prior); (): independent frames
     noise_correlation: tuple[float, ...] = ()
@@ -402,9 +438,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive("TrainConfig", batch_size=self.batch_size, stage1_lr=self.stage1_lr, stage2_lr=self.stage2_lr,
                   timestep_shift=self.timestep_shift, checkpoint_every=self.checkpoint_every,
-                  decoder_lr=self.decoder_lr)
+                  decoder_lr=self.decoder_lr, classifier_lr=self.classifier_lr, classifier_batch=self.classifier_batch)
         for name in ("stage1_steps", "stage2_steps", "vae_steps", "warmup_steps", "sample_every", "t_max",
-                     "batch_latent_frames", "vae_batch_size", "decoder_steps", "cache_refresh"):
+                     "batch_latent_frames", "vae_batch_size", "decoder_steps", "cache_refresh", "classifier_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.clip_frames < 5 or self.clip_frames % 4 != 1:
@@ -486,6 +522,7 @@ class Preset:
     sampler: SamplerConfig
     weights: WeightsConfig
     train: TrainConfig | None = None
+    classifier: ClassifierConfig | None = None
     notice: str = ""  # said on stderr whenever the preset is used (e.g. that it is a toy model)
     # the folder of the preset's file, where weights it names are also looked for; not part of its identity
     folder: str = dataclasses.field(default="", compare=False)
@@ -507,6 +544,19 @@ class Preset:
                 or self.video.width % (self.vae.spatial_factor * self.dit.patch_size[2])):
             raise ConfigError(f"preset {self.name}: video size must be a multiple of the VAE and patch factors")
         levels = len(self.video.frame_intervals)
+        if any(self.sampler.classifier_scale) and self.classifier is None:
+            raise ConfigError(f"preset {self.name}: sampler.classifier_scale needs a classifier section",
+                              hint="add classifier: {dim: 64} and weights.classifier, or set the scale to 0")
+        if self.classifier is not None and self.classifier.z_dim != self.vae.z_dim:
+            raise ConfigError(f"preset {self.name}: classifier.z_dim ({self.classifier.z_dim}) must equal vae.z_dim "
+                              f"({self.vae.z_dim})")
+        if self.train and self.train.classifier_steps and self.classifier is None:
+            raise ConfigError(f"preset {self.name}: train.classifier_steps needs a classifier section",
+                              hint="add classifier: {dim: 64}")
+        if (self.classifier is not None and not self.weights.is_random and not self.weights.classifier
+                and any(self.sampler.classifier_scale)):
+            raise ConfigError(f"preset {self.name}: sampler.classifier_scale needs weights.classifier",
+                              hint="name the classifier's file, or set the scale to 0")
         if self.train and self.train.noise_correlation and len(self.train.noise_correlation) != levels:
             raise ConfigError(f"preset {self.name}: train.noise_correlation needs one value per level ({levels})")
         if self.train and isinstance(self.train.frame_noise, tuple) and len(self.train.frame_noise) != levels:

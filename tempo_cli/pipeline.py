@@ -52,6 +52,8 @@ class LevelSampling:
     eta: float = 0.0  # stochastic steps (sampling.flow_step) while sigma lies in eta_window
     eta_window: tuple[float, float] = (0.0, 1.0)
     waiting_frames: int | None = None  # waiting latent frames a DiT pass keeps (sampler.waiting_frames); None: all
+    classifier_scale: float = 0.0  # classifier guidance (sampler.classifier_scale) while sigma lies in the window
+    classifier_window: tuple[float, float] = (0.0, 1.0)
 
     @classmethod
     def for_level(cls, preset: Preset, interval: int, steps: int | None = None) -> "LevelSampling":
@@ -63,11 +65,29 @@ class LevelSampling:
                    sampler.noise_correlation[index] if sampler.noise_correlation else 0.0,
                    sampler.noise_prior, sampler.stagger[index] if sampler.stagger else 0.0,
                    sampler.lag[index] if sampler.lag else 0.0, sampler.eta[index] if sampler.eta else 0.0,
-                   sampler.eta_window, sampler.waiting_frames)
+                   sampler.eta_window, sampler.waiting_frames, sampler.classifier_scale_at(index),
+                   sampler.classifier_window)
 
     @property
     def guided(self) -> bool:
         return self.guidance != "none" and self.guidance_scale != 1.0
+
+
+def shape_steering(store, settings: LevelSampling, prompt: str | None,
+                   progress: Progress | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """What :func:`denoise_level`'s ``steer`` takes for classifier guidance at this level: the gradient of the
+    log-probability that each object ``prompt`` names has its shape (``tempo_cli.models.classifier``), or None
+    where the level's ``classifier_scale`` is 0 or the prompt is not a toy-world caption (said on ``progress``)."""
+    if not settings.classifier_scale or prompt is None:
+        return None
+    from tempo_cli.models.classifier import prompt_targets, shape_gradient
+
+    targets = prompt_targets(prompt)
+    if not targets:
+        (progress or Progress()).log("classifier guidance is off: the prompt is not a toy-world caption")
+        return None
+    classifier = store.classifier()
+    return lambda z, sigma: shape_gradient(classifier, z, sigma, targets)
 
 
 def guided_anywhere(preset: Preset, intervals: Sequence[int] | None = None) -> bool:
@@ -118,14 +138,19 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                   negative_embeds: torch.Tensor | None, settings: LevelSampling, seed: int, *,
                   micro_batch: int | None = None, batch_guidance: bool = True,
                   progress: Progress | None = None, start: Sequence[torch.Tensor] | None = None,
-                  strength: float = 1.0, shared: bool = True) -> list[torch.Tensor]:
+                  strength: float = 1.0, shared: bool = True,
+                  steer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Denoise every chunk of ``level``; returns per chunk the latents ``[z, F, h, w]`` (float32, CPU).
 
     Under torchrun the ranks share the chunks out and gather them; ``shared=False`` keeps every chunk in this
     process, for a caller that shares out its own work.
 
     ``start`` (per chunk, latents ``[z, F, h, w]``) starts from those latents noised to ``strength`` instead of
-    from pure noise, and runs only the schedule's steps below it (:func:`sampling.partial_schedule`)."""
+    from pure noise, and runs only the schedule's steps below it (:func:`sampling.partial_schedule`).
+
+    ``steer`` (:func:`shape_steering`) maps latents ``[b, z, F, h, w]`` and per-frame sigmas ``[F]`` to the
+    gradient of a classifier's log-probability, which moves each step's velocity by the level's
+    ``classifier_scale`` (:func:`sampling.classifier_velocity`)."""
     progress = progress or Progress()
     param = next(dit.parameters())
     device, dtype = param.device, param.dtype
@@ -192,6 +217,10 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                         velocity, part = sampling.guide(settings.guidance, cond_v, uncond_v, z_in,
                                                         guide_sigma, settings.guidance_scale, part)
                         state = _widen_state(part, frames)
+                if steer is not None:
+                    frame_sigma = (torch.full((n,), sigma) if isinstance(sigma, float) else sigma.reshape(-1)).cpu()
+                    velocity = sampling.classifier_velocity(velocity.float(), steer(z_in, frame_sigma), sigma,
+                                                            settings.classifier_scale, settings.classifier_window)
                 if redraw:
                     fresh = torch.stack([next(stream) for stream in redraw]).to(device)[:, :, :n]
                     stepped = sampling.flow_step(z_in, velocity.float(), sigma, sigma_next, settings.eta, fresh,

@@ -23,18 +23,19 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
-from tempo_cli.config import (DiTConfig, Preset, SamplerConfig, TextEncoderConfig, TrainConfig, VAEConfig,
-                              VideoConfig, WeightsConfig, config_to_dict)
+from tempo_cli.config import (ClassifierConfig, DiTConfig, Preset, SamplerConfig, TextEncoderConfig, TrainConfig,
+                              VAEConfig, VideoConfig, WeightsConfig, config_to_dict)
 from tempo_cli.errors import CheckpointError, ConfigError, UsageError
 from tempo_cli.tokenizers import BUILTIN_PREFIX
 
 SECTIONS: dict[str, type] = {"dit": DiTConfig, "vae": VAEConfig, "text_encoder": TextEncoderConfig,
                              "video": VideoConfig, "sampler": SamplerConfig, "weights": WeightsConfig,
-                             "train": TrainConfig}
-OPTIONAL_SECTIONS = ("train",)  # a preset without it cannot be trained
+                             "train": TrainConfig, "classifier": ClassifierConfig}
+# without train a preset cannot be trained; without classifier it has no classifier guidance
+OPTIONAL_SECTIONS = ("train", "classifier")
 FILE_KEYS = ("description", "notice", "extends", *SECTIONS)
 SUFFIXES = (".yaml", ".yml")
-WEIGHT_KEYS = ("dit", "vae", "text_encoder", "tokenizer")
+WEIGHT_KEYS = ("dit", "vae", "text_encoder", "tokenizer", "classifier")  # a classifier only if named
 # Where a weight file may sit under a weights folder: flat, or the release's layout (checkpoints/encoders/...).
 WEIGHT_SUBDIRS = ("", "checkpoints", "encoders", "checkpoints/encoders")
 

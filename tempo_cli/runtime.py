@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from tempo_cli.config import Preset
-from tempo_cli.errors import UsageError
+from tempo_cli.errors import ConfigError, UsageError
 from tempo_cli.loading import build_on_meta, build_random, load_into, random_identity, read_state_dict, \
     weights_identity
 
@@ -101,6 +101,25 @@ class ModelStore:
 
         return self._get("vae", lambda: CausalVideoVAE(self.preset.vae))
 
+    def classifier(self):
+        """The preset's shape classifier (classifier guidance), in float32: it is small, and its gradient is
+        what moves the latents."""
+        from tempo_cli.models.classifier import ShapeClassifier
+
+        preset = self.preset
+        if preset.classifier is None:
+            raise ConfigError(f"preset {preset.name} has no classifier section")
+        if "classifier" not in self._models and not preset.weights.is_random and not preset.weights.classifier:
+            # none trained yet (tempo train's starting point): random, as a random-weight preset's
+            self._in_use()
+            self._models["classifier"] = build_random(lambda: ShapeClassifier(preset.classifier), 3,
+                                                      dtype=torch.float32, device=self.device)
+        dtype, self.dtype = self.dtype, torch.float32
+        try:
+            return self._get("classifier", lambda: ShapeClassifier(preset.classifier)).eval()
+        finally:
+            self.dtype = dtype
+
     def text_encoder(self):
         """``(encoder, tokenizer)``."""
         self._in_use()
@@ -128,7 +147,7 @@ class ModelStore:
         if name not in self._models:
             weights = self.preset.weights
             if weights.is_random:
-                offset = {"dit": 0, "vae": 1}[name]
+                offset = {"dit": 0, "vae": 1, "classifier": 3}[name]  # 2: the text encoder
                 model = build_random(factory, weights.random_seed + offset, dtype=self.dtype, device=self.device)
             else:
                 path = self.paths[name]

@@ -133,6 +133,25 @@ def x0_to_velocity(z: Tensor, x0: Tensor, sigma: float | Tensor) -> Tensor:
     return (z - x0) / sigma
 
 
+CLASSIFIER_WEIGHT_CAP = 20.0  # sigma / (1 - sigma) grows without bound as sigma nears 1; capped there (sigma 0.95)
+
+
+def classifier_velocity(velocity: Tensor, grad: Tensor, sigma: float | Tensor, scale: float,
+                        window: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+    """The velocity under classifier guidance (Dhariwal and Nichol, 2021) by ``grad``, the gradient of the
+    classifier's log-probability with respect to ``z``.
+
+    With ``z = (1 - sigma) x0 + sigma eps``, the score is ``-eps / sigma``; adding ``scale * grad`` to it moves
+    the noise estimate by ``-sigma * scale * grad``, and the velocity ``eps - x0`` at fixed ``z`` by
+    ``-sigma / (1 - sigma) * scale * grad`` (the weight capped at :data:`CLASSIFIER_WEIGHT_CAP`). Only where
+    ``window[0] <= sigma <= window[1]`` and ``0 < sigma < 1`` (per latent frame when sigma is one per frame); a
+    frame still waiting at sigma 1, or done, keeps its velocity."""
+    s = torch.as_tensor(sigma, dtype=velocity.dtype, device=velocity.device)
+    inside = (s >= window[0]) & (s <= window[1]) & (s > 0) & (s < 1)
+    weight = torch.where(inside, (s / (1 - s).clamp_min(1e-6)).clamp_max(CLASSIFIER_WEIGHT_CAP), 0.0)
+    return velocity - scale * weight * grad.to(velocity.dtype)
+
+
 @dataclass(frozen=True)
 class ApgState:
     """APG's momentum buffer: the running average of ``cond_x0 - uncond_x0``, ``[B, C, F, H, W]``.

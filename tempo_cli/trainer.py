@@ -31,6 +31,7 @@ TIED_ALIAS = "model.encoder.embed_tokens.weight"  # the text encoder's token emb
 TRAINED_BY = " Trained by tempo train "  # how an export's description says what was trained
 DECODER_PAIR_CLIPS = CLIPS_PER_DRAW * DRAW_SPAN * 1000  # their clip indices: past any DiT phase's draws
 WEIGHT_FILES = {"dit": "dit.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
+CLASSIFIER_FILE = "classifier.safetensors"  # only for a preset with a classifier section
 
 
 @dataclasses.dataclass
@@ -214,15 +215,19 @@ class Trainer:
         self.vae, self.dit = vae.train(), dit.train()
         self.text_encoder, self.tokenizer = store.text_encoder()
         self.text_encoder.train()
-        for model in (self.vae, self.dit, self.text_encoder):
-            model.requires_grad_(True)
+        # the shape classifier (classifier guidance), when the preset has one: its file's weights, or random ones
+        self.classifier = store.classifier().train() if preset.classifier is not None else None
+        for model in (self.vae, self.dit, self.text_encoder, self.classifier):
+            if model is not None:
+                model.requires_grad_(True)
         self.state = RunState()
         out.mkdir(parents=True, exist_ok=True)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
 
     def _models(self) -> dict[str, torch.nn.Module]:
-        return {"vae": self.vae, "dit": self.dit, "text_encoder": self.text_encoder}
+        models = {"vae": self.vae, "dit": self.dit, "text_encoder": self.text_encoder}
+        return models if self.classifier is None else {**models, "classifier": self.classifier}
 
     def save_checkpoint(self, optimizer: torch.optim.Optimizer | None = None,
                         ema: dict[str, torch.Tensor] | None = None) -> None:
@@ -254,8 +259,10 @@ class Trainer:
                                      for k, v in json.loads(f.metadata()["state"]).items()})
         tensors = load_file(str(path))
         for m, model in self._models().items():
-            missing, unexpected = model.load_state_dict(
-                {k[len(m) + 7:]: v for k, v in tensors.items() if k.startswith(f"model.{m}.")}, strict=False)
+            own = {k[len(m) + 7:]: v for k, v in tensors.items() if k.startswith(f"model.{m}.")}
+            if m == "classifier" and not own:  # a run begun before its preset had a classifier: it keeps its start
+                continue
+            missing, unexpected = model.load_state_dict(own, strict=False)
             if set(missing) - {TIED_ALIAS} or unexpected:
                 raise CheckpointError(f"{path} does not fit the {m} of preset {self.preset.name}: "
                                       f"missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -390,6 +397,8 @@ class Trainer:
             self.state = dataclasses.replace(self.state, length=steps)
             if phase in ("vae", "decoder"):
                 self._train_vae(steps, lr, resume, decoder_only=phase == "decoder")
+            elif phase == "classifier":
+                self._train_classifier(steps, lr, resume)
             else:
                 self._train_dit(phase, steps, lr, resume)
             self.state = dataclasses.replace(self.state, done=self.state.done + (phase,))
@@ -457,7 +466,7 @@ class Trainer:
                                       + " ".join(f"{k} {float(v):.4f}" for k, v in info.items()))
                 if self.state.step % self.cfg.checkpoint_every == 0 or self.state.step == steps:
                     self.save_checkpoint(optimizer, ema)
-                if self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0:
+                if self.cfg.sample_every and self.state.step % self.cfg.sample_every == 0 and name != "classifier":
                     self.write_sample(name, self.state.step, ema)  # every rank: generation shares chunks
         if ema is not None:
             _load_weights(ema_model, ema)
@@ -698,6 +707,85 @@ class Trainer:
 
         self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)
 
+    def _train_classifier(self, steps: int, lr: float, resume) -> None:
+        """The classifier phase: the shape classifier learns, from the stage-2 clips' latent frames noised to a time
+        drawn uniformly in [0, 1], which shape each object of the clip's caption has (given its colour). It starts
+        from random weights (from the run's seed) unless resumed or extended; 1 in 20 clips is held out, and the
+        accuracy on their frames is logged at the end."""
+        from tempo_cli.loading import build_random
+        from tempo_cli.models.classifier import ShapeClassifier, prompt_targets
+
+        if resume is None and not self.state.round:
+            fresh = build_random(lambda: ShapeClassifier(self.preset.classifier), self.seed * 7919 + 3)
+            _load_weights(self.classifier, fresh.state_dict())
+        self.classifier.train().requires_grad_(True)
+        frames, colours, shapes, held = [], [], [], []  # per latent frame and object; 1 clip in 20 held out
+        clips = [(group, n) for group in self.prepared("stage2").values() for n in range(len(group.captions))]
+        for count, (group, clip) in enumerate(clips):
+            targets = prompt_targets(group.captions[clip])
+            if targets is None:
+                raise UsageError(f"the classifier phase learns the toy world's shapes, and the caption "
+                                 f"{group.captions[clip]!r} is not a toy-world caption",
+                                 hint="train it with --data toyworld")
+            colours_named = [c for c, _ in targets]
+            for colour, shape in targets:
+                if colours_named.count(colour) > 1:  # which of two objects of one colour is meant is unknown
+                    continue
+                latent = group.targets[clip].transpose(0, 1)  # [F, z, h, w]
+                frames.append(latent)
+                colours += [colour] * len(latent)
+                shapes += [shape] * len(latent)
+                held += [count % 20 == 19] * len(latent)
+        frames_t = torch.cat(frames)  # bf16, as cached
+        colour_t, shape_t, held_t = torch.tensor(colours), torch.tensor(shapes), torch.tensor(held)
+        train_idx, test_idx = (~held_t).nonzero().flatten(), held_t.nonzero().flatten()
+        if not len(train_idx):
+            raise UsageError("the classifier phase found no clip to learn from", hint="give it more clips (--cache)")
+        self.progress.log(f"classifier: {len(train_idx)} latent frames to learn from, {len(test_idx)} held out")
+        batch = self.cfg.classifier_batch
+
+        def step(i: int):  # each step's draws from its own seed, so a resumed run draws what it would have
+            rng = torch.Generator().manual_seed(
+                self.seed * 7919 + 11 + distributed.rank() + 1_000_003 * self.state.round + 7 * i)
+            pick = train_idx[torch.randint(len(train_idx), (batch,), generator=rng)]
+            sigma = torch.rand(batch, generator=rng)
+            x0 = frames_t[pick].float()
+            noisy = (1 - sigma)[:, None, None, None] * x0 + sigma[:, None, None, None] * torch.randn(x0.shape,
+                                                                                                     generator=rng)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                logits = self.classifier(noisy.to(self.device), sigma.to(self.device), colour_t[pick].to(self.device))
+            return torch.nn.functional.cross_entropy(logits.float(), shape_t[pick].to(self.device)), {}
+
+        self._loop("classifier", steps, lr, {f"classifier.{k}": p for k, p in self.classifier.named_parameters()},
+                   step, resume)
+        if len(test_idx):
+            self.progress.log("classifier: held-out accuracy " + ", ".join(
+                f"{a:.1%} at sigma {s:g}" for s, a in zip((0.0, 0.5, 0.8, 0.95), self.classifier_accuracy(
+                    frames_t[test_idx], colour_t[test_idx], shape_t[test_idx], (0.0, 0.5, 0.8, 0.95)))))
+
+    @torch.no_grad()
+    def classifier_accuracy(self, frames: torch.Tensor, colours: torch.Tensor, shapes: torch.Tensor,
+                            sigmas: tuple[float, ...]) -> list[float]:
+        """The shape classifier's accuracy on latent ``frames`` ``[N, z, h, w]`` noised to each of ``sigmas``
+        (noise drawn from seed 0)."""
+        was = self.classifier.training
+        self.classifier.eval()
+        out = []
+        for sigma in sigmas:
+            noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))
+            noisy = ((1 - sigma) * frames.float() + sigma * noise).to(self.device)
+            logits = self.classifier(noisy, torch.full((len(frames),), sigma, device=self.device),
+                                     colours.to(self.device))
+            out.append((logits.argmax(dim=1).cpu() == shapes).float().mean().item())
+        self.classifier.train(was)
+        return out
+
+    def _classifier_trained(self) -> bool:
+        """Whether the run's classifier is worth exporting: trained here, or read from the preset's file."""
+        weights = self.preset.weights
+        return self.classifier is not None and ("classifier" in self.state.done
+                                                or (not weights.is_random and bool(weights.classifier)))
+
     # ---- samples ------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -809,6 +897,14 @@ class Trainer:
         data = resolved_dict(self.preset)
         data.pop("name")
         data["weights"] = {**WEIGHT_FILES, "tokenizer": tokenizer}
+        if self._classifier_trained():
+            atomic_save(cast(self.classifier.state_dict()), dest / CLASSIFIER_FILE)
+            data["weights"]["classifier"] = CLASSIFIER_FILE
+        else:  # no classifier worth a file: none, no classifier guidance, and no phase to train one
+            data.pop("classifier", None)
+            data["sampler"]["classifier_scale"] = []
+            if data.get("train"):
+                data["train"]["classifier_steps"] = 0
         what = what or f"phases: {', '.join(self.state.done) or 'none'}"
         base = self.preset.description.split(TRAINED_BY)[0]  # a run started from its own export says it once
         data["description"] = f"{base}{TRAINED_BY}({what}) on {self.source.identity}."

@@ -518,15 +518,16 @@ def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
                 ema[name].mul_(decay).add_(value.detach().float(), alpha=1 - decay)
 
 
-PHASES = ("vae", "stage1", "stage2", "decoder")
+PHASES = ("vae", "stage1", "stage2", "classifier", "decoder")
 
 
 def stage_plan(preset: Preset) -> list[tuple[str, int, float]]:
-    """(phase, steps, learning rate) in order: the VAE (if trained), stage 1, stage 2, and the VAE decoder's
-    fine-tuning (if any); phases with no steps are left out."""
+    """(phase, steps, learning rate) in order: the VAE (if trained), stage 1, stage 2, the shape classifier and
+    the VAE decoder's fine-tuning (if any); phases with no steps are left out."""
     cfg = preset.train
     if cfg is None:
         raise ConfigError(f"preset {preset.name} has no train section", hint="use a preset made for training")
     phases = [("vae", cfg.vae_steps, cfg.vae_lr), ("stage1", cfg.stage1_steps, cfg.stage1_lr),
-              ("stage2", cfg.stage2_steps, cfg.stage2_lr), ("decoder", cfg.decoder_steps, cfg.decoder_lr)]
+              ("stage2", cfg.stage2_steps, cfg.stage2_lr), ("classifier", cfg.classifier_steps, cfg.classifier_lr),
+              ("decoder", cfg.decoder_steps, cfg.decoder_lr)]
     return [p for p in phases if p[1] > 0]

@@ -116,6 +116,9 @@ def test_weights_are_found_beside_the_preset_that_names_them(tmp_path: Path) -> 
     own = write(tmp_path / "own.yaml", "extends: toy\nweights: {dit: d.st, vae: v.st, text_encoder: t.st}\n")
     for name in ("d.st", "v.st", "t.st"):
         write(tmp_path / name, "")
+    with pytest.raises(CheckpointError, match="classifier.safetensors"):  # toy's classifier is named there too
+        find_weights(load_preset(str(own)))
+    write(tmp_path / "toy" / "classifier.safetensors", "")
     assert find_weights(load_preset(str(own)))["dit"] == tmp_path / "d.st"
 
 

@@ -71,6 +71,26 @@ def test_the_default_has_2x2_patches_and_the_4x4_model_runs_its_own_weights():
     assert judged.found >= 0.9 and judged.colour_share >= 0.75, judged
 
 
+def test_the_shipped_weights_stay_under_30_mb_and_toy_can_guide_its_blueprints_by_shape():
+    """Every weight file shipped under presets/toy/ (both toy models' and toy's shape classifier) takes under 30 MB
+    in all; ``toy`` ships its classifier with guidance off, and one --set turns it on for the blueprint: a red
+    square's blueprint is then another, and still a red object's."""
+    from tempo_cli.presets import find_weights, load_preset
+
+    toy = load_preset("toy")
+    folder = find_weights(toy)["dit"].parent
+    assert sum(p.stat().st_size for p in folder.glob("*.safetensors")) < 30e6
+    assert find_weights(toy)["classifier"].parent == folder and not any(toy.sampler.classifier_scale)
+    prompt = "a red square standing still on a black background"
+    made = {}
+    for scale in ("[0, 0, 0]", "[8, 0, 0]"):
+        session = open_session("toy", [f"sampler.classifier_scale={scale}"], None, "cpu", None, quiet=True)
+        made[scale] = blueprint.run(session, prompt, fps=6, seconds=2, seed=0)
+    assert not np.allclose(made["[0, 0, 0]"].chunks[0].numpy(), made["[8, 0, 0]"].chunks[0].numpy())
+    judged = adherence(encode.run(session, made["[8, 0, 0]"]), prompt)
+    assert judged.found >= 0.9 and judged.colour_share >= 0.75, judged
+
+
 def test_the_shape_judge_knows_the_shapes_the_toy_vae_draws(session):
     """The judge's shapes, checked on the toy VAE's own reconstructions of rendered 6 fps clips: the best any DiT on
     this VAE can draw. A still object's shape is right in nearly every frame, and most frames of every shape are

@@ -1,0 +1,148 @@
+"""Classifier guidance: the shape classifier, its gradient, the guided velocity, the sampler and `tempo train`'s
+classifier phase, on random weights and tiny presets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from tempo_cli import sampling
+from tempo_cli.cli import main
+from tempo_cli.config import ClassifierConfig
+from tempo_cli.errors import ConfigError
+from tempo_cli.loading import build_random
+from tempo_cli.models.classifier import COLOUR_NAMES, ShapeClassifier, prompt_targets, shape_gradient
+from tempo_cli.presets import load_preset
+from tempo_cli.toyworld import SHAPES
+
+WITH_CLASSIFIER = ["classifier.dim=8", "sampler.classifier_scale=[4, 0, 0]"]
+
+
+def random_classifier(seed: int = 0) -> ShapeClassifier:
+    return build_random(lambda: ShapeClassifier(ClassifierConfig(dim=8)), seed)
+
+
+def test_prompt_targets_name_each_objects_colour_and_shape():
+    assert prompt_targets("a red ball moving left on a black background") == [
+        (COLOUR_NAMES.index("red"), SHAPES.index("ball"))]
+    assert prompt_targets("A blue square moving up and a cyan triangle circling on a gray background.") == [
+        (COLOUR_NAMES.index("blue"), SHAPES.index("square")), (COLOUR_NAMES.index("cyan"), SHAPES.index("triangle"))]
+    assert prompt_targets("a dog in snow") is None
+
+
+def test_the_shape_gradient_raises_the_prompted_shapes_log_probability():
+    classifier = random_classifier()
+    z = torch.randn(2, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.9, 0.5, 0.2])
+    targets = [(1, 2), (4, 0)]
+
+    def log_prob(latents):
+        frames = latents.permute(0, 2, 1, 3, 4).reshape(6, 16, 8, 8)
+        with torch.no_grad():
+            return sum(torch.log_softmax(classifier(frames, sigma.repeat(2), torch.full((6,), c)), 1)[:, s].sum()
+                       for c, s in targets)
+
+    grad = shape_gradient(classifier, z, sigma, targets)
+    assert grad.shape == z.shape and grad.abs().sum() > 0
+    step = 1e-3 * grad / grad.norm()
+    assert log_prob(z + step) > log_prob(z) > log_prob(z - step)
+    # each latent frame is judged alone: a frame's gradient does not depend on the others
+    other = z.clone()
+    other[:, :, 2] = 0
+    assert torch.allclose(shape_gradient(classifier, other, sigma, targets)[:, :, :2], grad[:, :, :2], atol=1e-6)
+
+
+def test_the_guided_velocity_moves_each_frame_in_the_window_up_the_gradient():
+    velocity = torch.randn(1, 4, 5, 2, 2, generator=torch.Generator().manual_seed(1))
+    grad = torch.randn(1, 4, 5, 2, 2, generator=torch.Generator().manual_seed(2))
+    sigma = torch.tensor([1.0, 0.9, 0.5, 0.2, 0.0]).reshape(1, 1, 5, 1, 1)  # waiting, three running, done
+    assert torch.equal(sampling.classifier_velocity(velocity, grad, sigma, 0.0), velocity)
+    guided = sampling.classifier_velocity(velocity, grad, sigma, 2.0, window=(0.3, 1.0))
+    moved = velocity - guided
+    assert torch.equal(moved[:, :, [0, 3, 4]], torch.zeros_like(moved[:, :, [0, 3, 4]]))
+    for frame, s in ((1, 0.9), (2, 0.5)):  # weight sigma / (1 - sigma), times the scale
+        assert torch.allclose(moved[:, :, frame], 2.0 * s / (1 - s) * grad[:, :, frame], atol=1e-5)
+    # an Euler step with it lands further along the gradient than without
+    z = torch.zeros_like(velocity)
+    ahead = sampling.euler_step(z, guided, sigma, sigma - 0.1) - sampling.euler_step(z, velocity, sigma, sigma - 0.1)
+    assert (ahead[:, :, 1:3] * grad[:, :, 1:3]).sum() > 0
+    # near sigma 1 the weight is capped
+    capped = sampling.classifier_velocity(velocity, grad, torch.tensor(0.999), 1.0)
+    assert torch.allclose(velocity - capped, sampling.CLASSIFIER_WEIGHT_CAP * grad, atol=1e-4)
+
+
+def test_classifier_settings_are_checked():
+    preset = load_preset("tiny-random", WITH_CLASSIFIER)
+    assert preset.classifier == ClassifierConfig(dim=8) and preset.sampler.classifier_scale_at(0) == 4.0
+    assert preset.sampler.classifier_scale_at(1) == 0.0 and load_preset("tiny-random").classifier is None
+    for bad, message in ((["sampler.classifier_scale=[4, 0, 0]"], "needs a classifier section"),
+                         (WITH_CLASSIFIER[:1] + ["sampler.classifier_scale=[4, 0]"], "one value >= 0 per level"),
+                         (WITH_CLASSIFIER[:1] + ["sampler.classifier_scale=[-1, 0, 0]"], "one value >= 0 per level"),
+                         (WITH_CLASSIFIER + ["sampler.classifier_window=[0.8, 0.2]"], "low <= high"),
+                         (WITH_CLASSIFIER + ["classifier.z_dim=8"], "must equal vae.z_dim"),
+                         (["train.stage1_steps=1", "train.stage1_lr=1", "train.stage2_steps=1", "train.stage2_lr=1",
+                           "train.classifier_steps=5"], "needs a classifier section")):
+        with pytest.raises(ConfigError, match=message):
+            load_preset("tiny-random", bad)
+    with pytest.raises(ConfigError, match="needs weights.classifier"):
+        load_preset("toy", ["classifier.dim=64", "sampler.classifier_scale=[8, 0, 0]", "weights.classifier=''"])
+
+
+def test_classifier_guidance_changes_the_blueprint_only_where_it_is_on(tmp_path):
+    """Blueprints of the random tiny preset with a random classifier: guidance at scale 0, with a window no sigma
+    falls in, or with a prompt that is not a toy-world caption, gives exactly the unguided latents."""
+    from tempo_cli.options import open_session
+    from stages import blueprint
+
+    def latents(overrides, prompt="a red ball moving left on a black background"):
+        session = open_session("tiny-random", list(overrides), None, "cpu", "fp32", quiet=True)
+        return blueprint.run(session, prompt, fps=6, frames=9, seed=3).chunks[0]
+
+    plain = latents([])
+    guided = latents(WITH_CLASSIFIER)
+    assert not torch.allclose(plain, guided)
+    assert torch.equal(latents(WITH_CLASSIFIER[:1] + ["sampler.classifier_scale=[0, 4, 4]"]), plain)
+    assert torch.equal(latents(WITH_CLASSIFIER + ["sampler.classifier_window=[0.999, 0.9999]"]), plain)
+    assert torch.equal(latents(WITH_CLASSIFIER, "a dog in snow"), latents([], "a dog in snow"))
+
+
+def test_tempo_train_learns_a_classifier_resumes_it_and_ships_it(tmp_path, capsys):
+    """The classifier phase on a tiny run: it learns from the stage-2 clips' latents, checkpoints like any phase,
+    and the exported preset names the classifier's file and samples with classifier guidance."""
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "tiny-cls.yaml").write_text("""
+extends: tiny-random
+classifier: {dim: 8}
+sampler: {classifier_scale: [2, 0, 0]}
+train: {stage1_steps: 0, stage1_lr: 1.0e-3, stage2_steps: 0, stage2_lr: 1.0e-3, batch_size: 2, clip_frames: 9,
+        classifier_steps: 4, classifier_batch: 8, checkpoint_every: 2, warmup_steps: 1}
+""")
+    out = tmp_path / "run"
+    args = ["train", "--preset", str(presets / "tiny-cls.yaml"), "--data", "toyworld:3", "--out", str(out),
+            "--cache", "20"]
+    assert main(args) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "classifier: " in err and "latent frames to learn from" in err and "held-out accuracy" in err
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        state = json.loads(f.metadata()["state"])
+        assert state["done"] == ["classifier"] and any(k.startswith("model.classifier.") for k in f.keys())
+    trained = load_preset(str(out / "preset.yaml"))
+    assert trained.weights.classifier == "classifier.safetensors" and trained.sampler.classifier_scale[0] == 2
+    start = random_classifier().state_dict()
+    with safe_open(str(out / "classifier.safetensors"), "pt") as f:
+        assert any(not torch.equal(f.get_tensor(k), start[k]) for k in f.keys())
+    video = tmp_path / "clip.mp4"
+    assert main(["generate", "a red ball moving left on a black background", "--preset", str(out / "preset.yaml"),
+                 "--frames", "5", "-o", str(video), "-q"]) == 0
+    # --more trains the finished classifier on; a run without the classifier phase exports none, and no guidance
+    assert main(args + ["-q", "--phase", "classifier", "--more", "2"]) == 0
+    other = tmp_path / "plain"
+    assert main(["train", "--preset", str(presets / "tiny-cls.yaml"), "--data", "toyworld:3", "--out", str(other),
+                 "--cache", "4", "-q", "--phase", "stage2", "--set", "train.stage2_steps=1"]) == 0
+    plain = load_preset(str(other / "preset.yaml"))
+    assert plain.classifier is None and not plain.sampler.classifier_scale
+    assert not (other / "classifier.safetensors").exists()
