@@ -47,6 +47,10 @@ def test_the_shape_gradient_raises_the_prompted_shapes_log_probability():
 
     grad = shape_gradient(classifier, z, sigma, targets)
     assert grad.shape == z.shape and grad.abs().sum() > 0
+    with torch.inference_mode():  # latents made under inference mode, one frame of one chunk: a view, not a copy
+        made = z[:1, :, :1].clone()
+    assert torch.equal(shape_gradient(classifier, made, sigma[:1], targets), shape_gradient(
+        classifier, z[:1, :, :1].clone(), sigma[:1], targets))
     step = 1e-3 * grad / grad.norm()
     assert log_prob(z + step) > log_prob(z) > log_prob(z - step)
     # each latent frame is judged alone: a frame's gradient does not depend on the others

@@ -67,7 +67,8 @@ def shape_gradient(classifier: ShapeClassifier, z: torch.Tensor, sigma: torch.Te
     b, c, f, h, w = z.shape
     param = next(classifier.parameters())
     with torch.enable_grad():
-        frames = z.detach().to(param.device, param.dtype).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        # a copy: latents made under inference mode cannot take a gradient themselves
+        frames = z.detach().to(param.device, param.dtype).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).clone()
         frames.requires_grad_(True)
         sigmas = sigma.to(param.device, param.dtype).repeat(b)
         total = frames.new_zeros(())
