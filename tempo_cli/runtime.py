@@ -102,23 +102,17 @@ class ModelStore:
         return self._get("vae", lambda: CausalVideoVAE(self.preset.vae))
 
     def classifier(self):
-        """The preset's shape classifier (classifier guidance), in float32: it is small, and its gradient is
-        what moves the latents."""
+        """The preset's shape classifier (classifier guidance), in float32: it is small, and its gradient is what
+        moves the latents. Random (seed 3) where the preset names no file for it: tempo train's starting point
+        before one is trained."""
         from tempo_cli.models.classifier import ShapeClassifier
 
         preset = self.preset
         if preset.classifier is None:
             raise ConfigError(f"preset {preset.name} has no classifier section")
-        if "classifier" not in self._models and not preset.weights.is_random and not preset.weights.classifier:
-            # none trained yet (tempo train's starting point): random, as a random-weight preset's
-            self._in_use()
-            self._models["classifier"] = build_random(lambda: ShapeClassifier(preset.classifier), 3,
-                                                      dtype=torch.float32, device=self.device)
-        dtype, self.dtype = self.dtype, torch.float32
-        try:
-            return self._get("classifier", lambda: ShapeClassifier(preset.classifier)).eval()
-        finally:
-            self.dtype = dtype
+        untrained = not preset.weights.is_random and not preset.weights.classifier
+        return self._get("classifier", lambda: ShapeClassifier(preset.classifier), dtype=torch.float32,
+                         random=untrained).eval()
 
     def text_encoder(self):
         """``(encoder, tokenizer)``."""
@@ -142,16 +136,20 @@ class ModelStore:
             self._models["text_encoder"] = (encoder, tokenizer)
         return self._models["text_encoder"]
 
-    def _get(self, name: str, factory):
+    def _get(self, name: str, factory, dtype: torch.dtype | None = None, random: bool = False):
+        """The model ``name``, built by ``factory`` and loaded on first use (in ``dtype``, by default the store's):
+        from its file, or with random weights for a random-weight preset or where ``random`` asks for them."""
         self._in_use()
+        dtype = dtype or self.dtype
         if name not in self._models:
             weights = self.preset.weights
-            if weights.is_random:
+            if weights.is_random or random:
                 offset = {"dit": 0, "vae": 1, "classifier": 3}[name]  # 2: the text encoder
-                model = build_random(factory, weights.random_seed + offset, dtype=self.dtype, device=self.device)
+                seed = (weights.random_seed if weights.is_random else 0) + offset
+                model = build_random(factory, seed, dtype=dtype, device=self.device)
             else:
                 path = self.paths[name]
-                model = load_into(build_on_meta(factory), read_state_dict(path), source=str(path), dtype=self.dtype,
+                model = load_into(build_on_meta(factory), read_state_dict(path), source=str(path), dtype=dtype,
                                   device=self.device)
             self._models[name] = model
         return self._models[name]

@@ -95,6 +95,31 @@ def test_classifier_settings_are_checked():
         load_preset("toy", ["classifier.dim=64", "sampler.classifier_scale=[8, 0, 0]", "weights.classifier=''"])
 
 
+def test_the_store_loads_the_classifier_in_float32_and_builds_an_untrained_one_at_random():
+    """Whatever the store's dtype, the classifier comes in float32 and the DiT in the store's: from the shipped
+    file for toy, from seed 3 where the preset names no file (tempo train's start), as for a random-weight preset;
+    asking again gives the same network."""
+    from safetensors.torch import load_file
+
+    from tempo_cli.presets import find_weights
+    from tempo_cli.runtime import ModelStore
+
+    shipped = ModelStore(load_preset("toy"), torch.device("cpu"), torch.bfloat16)
+    classifier = shipped.classifier()
+    assert classifier is shipped.classifier() and not classifier.training
+    assert next(classifier.parameters()).dtype == torch.float32 and next(shipped.dit().parameters()).dtype == \
+        torch.bfloat16
+    stored = load_file(str(find_weights(load_preset("toy"))["classifier"]))
+    assert all(torch.equal(v.float(), stored[k].float()) for k, v in classifier.state_dict().items())
+    untrained = ModelStore(load_preset("toy", ["weights.classifier=''"]), torch.device("cpu"), torch.bfloat16)
+    expected = build_random(lambda: ShapeClassifier(ClassifierConfig(dim=64)), 3).state_dict()
+    got = untrained.classifier().state_dict()
+    assert next(iter(got.values())).dtype == torch.float32
+    assert all(torch.equal(v, expected[k]) for k, v in got.items())
+    random_preset = ModelStore(load_preset("tiny-random", WITH_CLASSIFIER), torch.device("cpu"), torch.bfloat16)
+    assert next(random_preset.classifier().parameters()).dtype == torch.float32
+
+
 def test_classifier_guidance_changes_the_blueprint_only_where_it_is_on(tmp_path):
     """Blueprints of the random tiny preset with a random classifier: guidance at scale 0, with a window no sigma
     falls in, or with a prompt that is not a toy-world caption, gives exactly the unguided latents."""
