@@ -759,9 +759,10 @@ class Trainer:
         self._loop("classifier", steps, lr, {f"classifier.{k}": p for k, p in self.classifier.named_parameters()},
                    step, resume)
         if len(test_idx):
+            sigmas = (0.0, 0.5, 0.8, 0.95)
+            accuracy = self.classifier_accuracy(frames_t[test_idx], colour_t[test_idx], shape_t[test_idx], sigmas)
             self.progress.log("classifier: held-out accuracy " + ", ".join(
-                f"{a:.1%} at sigma {s:g}" for s, a in zip((0.0, 0.5, 0.8, 0.95), self.classifier_accuracy(
-                    frames_t[test_idx], colour_t[test_idx], shape_t[test_idx], (0.0, 0.5, 0.8, 0.95)))))
+                f"{a:.1%} at sigma {s:g}" for s, a in zip(sigmas, accuracy)))
 
     @torch.no_grad()
     def classifier_accuracy(self, frames: torch.Tensor, colours: torch.Tensor, shapes: torch.Tensor,
