@@ -248,11 +248,15 @@ class SamplerConfig:
     # each DiT pass keeps after the last frame that has started or holds a condition; null keeps them all. Fewer
     # tokens, and a different video.
     waiting_frames: int | None = None
-    # per level, the scale of classifier guidance (Dhariwal and Nichol, 2021) by the preset's classifier section:
-    # each step moves the latent frames whose sigma lies in classifier_window up the gradient of the log-probability
-    # that each object the prompt names has its shape; () or 0: off. Toy-world prompts only.
+    # per level, the scale of classifier guidance by the preset's classifier section: each step moves the DiT's
+    # prediction of the clean latent frames whose sigma lies in classifier_window up the gradient of the
+    # log-probability that the frames decoded from it show each object the prompt names with its shape, by scale
+    # times a gradient of unit RMS per latent frame; () or 0: off. Toy-world prompts only. Each gradient decodes
+    # the level's latents through the VAE and back; classifier_every > 1 asks for a new one only every so many
+    # guided steps and keeps the last one between.
     classifier_scale: tuple[float, ...] = ()
     classifier_window: tuple[float, float] = (0.0, 1.0)
+    classifier_every: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
@@ -265,6 +269,10 @@ class SamplerConfig:
         if len(self.classifier_window) != 2 or not 0 <= self.classifier_window[0] <= self.classifier_window[1] <= 1:
             raise ConfigError(f"sampler.classifier_window is [low, high] with 0 <= low <= high <= 1, got "
                               f"{list(self.classifier_window)}")
+        if isinstance(self.classifier_every, bool) or not isinstance(self.classifier_every, int) \
+                or self.classifier_every < 1:
+            raise ConfigError(f"sampler.classifier_every is a whole number of steps >= 1, got "
+                              f"{self.classifier_every!r}")
         if self.waiting_frames is not None and (isinstance(self.waiting_frames, bool)
                                                 or not isinstance(self.waiting_frames, int) or self.waiting_frames < 0):
             raise ConfigError(f"sampler.waiting_frames is a number of latent frames >= 0, or null for all of them; "
@@ -320,14 +328,13 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """A toy-world shape classifier on noisy latent frames, for classifier guidance (``sampler.classifier_scale``;
+    """A toy-world shape classifier on decoded frames, for classifier guidance (``sampler.classifier_scale``;
     :mod:`tempo_cli.models.classifier`). ``dim``: channels of its first convolutions."""
 
-    dim: int = 64
-    z_dim: int = 16
+    dim: int = 32
 
     def __post_init__(self) -> None:
-        _positive("classifier", dim=self.dim, z_dim=self.z_dim)
+        _positive("classifier", dim=self.dim)
 
 
 @dataclass(frozen=True)
@@ -546,13 +553,10 @@ class Preset:
         levels = len(self.video.frame_intervals)
         if any(self.sampler.classifier_scale) and self.classifier is None:
             raise ConfigError(f"preset {self.name}: sampler.classifier_scale needs a classifier section",
-                              hint="add classifier: {dim: 64} and weights.classifier, or set the scale to 0")
-        if self.classifier is not None and self.classifier.z_dim != self.vae.z_dim:
-            raise ConfigError(f"preset {self.name}: classifier.z_dim ({self.classifier.z_dim}) must equal vae.z_dim "
-                              f"({self.vae.z_dim})")
+                              hint="add classifier: {dim: 32} and weights.classifier, or set the scale to 0")
         if self.train and self.train.classifier_steps and self.classifier is None:
             raise ConfigError(f"preset {self.name}: train.classifier_steps needs a classifier section",
-                              hint="add classifier: {dim: 64}")
+                              hint="add classifier: {dim: 32}")
         if (self.classifier is not None and not self.weights.is_random and not self.weights.classifier
                 and any(self.sampler.classifier_scale)):
             raise ConfigError(f"preset {self.name}: sampler.classifier_scale needs weights.classifier",

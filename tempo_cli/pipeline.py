@@ -54,6 +54,7 @@ class LevelSampling:
     waiting_frames: int | None = None  # waiting latent frames a DiT pass keeps (sampler.waiting_frames); None: all
     classifier_scale: float = 0.0  # classifier guidance (sampler.classifier_scale) while sigma lies in the window
     classifier_window: tuple[float, float] = (0.0, 1.0)
+    classifier_every: int = 1  # a new classifier gradient every this many guided steps; the last one in between
 
     @classmethod
     def for_level(cls, preset: Preset, interval: int, steps: int | None = None) -> "LevelSampling":
@@ -66,7 +67,7 @@ class LevelSampling:
                    sampler.noise_prior, sampler.stagger[index] if sampler.stagger else 0.0,
                    sampler.lag[index] if sampler.lag else 0.0, sampler.eta[index] if sampler.eta else 0.0,
                    sampler.eta_window, sampler.waiting_frames, sampler.classifier_scale_at(index),
-                   sampler.classifier_window)
+                   sampler.classifier_window, sampler.classifier_every)
 
     @property
     def guided(self) -> bool:
@@ -74,10 +75,11 @@ class LevelSampling:
 
 
 def shape_steering(store, settings: LevelSampling, prompt: str | None,
-                   progress: Progress | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+                   progress: Progress | None = None) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What :func:`denoise_level`'s ``steer`` takes for classifier guidance at this level: the gradient of the
-    log-probability that each object ``prompt`` names has its shape (``tempo_cli.models.classifier``), or None
-    where the level's ``classifier_scale`` is 0 or the prompt is not a toy-world caption (said on ``progress``)."""
+    log-probability that the frames decoded from predicted clean latents show each object ``prompt`` names with
+    its shape (``tempo_cli.models.classifier``), or None where the level's ``classifier_scale`` is 0 or the
+    prompt is not a toy-world caption (said on ``progress``)."""
     if not settings.classifier_scale or prompt is None:
         return None
     from tempo_cli.models.classifier import prompt_targets, shape_gradient
@@ -86,8 +88,8 @@ def shape_steering(store, settings: LevelSampling, prompt: str | None,
     if not targets:
         (progress or Progress()).log("classifier guidance is off: the prompt is not a toy-world caption")
         return None
-    classifier = store.classifier()
-    return lambda z, sigma: shape_gradient(classifier, z, sigma, targets)
+    classifier, vae = store.classifier(), store.vae()
+    return lambda x0: shape_gradient(classifier, vae, x0, targets)
 
 
 def guided_anywhere(preset: Preset, intervals: Sequence[int] | None = None) -> bool:
@@ -139,7 +141,7 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                   micro_batch: int | None = None, batch_guidance: bool = True,
                   progress: Progress | None = None, start: Sequence[torch.Tensor] | None = None,
                   strength: float = 1.0, shared: bool = True,
-                  steer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+                  steer: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Denoise every chunk of ``level``; returns per chunk the latents ``[z, F, h, w]`` (float32, CPU).
 
     Under torchrun the ranks share the chunks out and gather them; ``shared=False`` keeps every chunk in this
@@ -148,9 +150,12 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
     ``start`` (per chunk, latents ``[z, F, h, w]``) starts from those latents noised to ``strength`` instead of
     from pure noise, and runs only the schedule's steps below it (:func:`sampling.partial_schedule`).
 
-    ``steer`` (:func:`shape_steering`) maps latents ``[b, z, F, h, w]`` and per-frame sigmas ``[F]`` to the
-    gradient of a classifier's log-probability, which moves each step's velocity by the level's
-    ``classifier_scale`` (:func:`sampling.classifier_velocity`)."""
+    ``steer`` (:func:`shape_steering`) maps the clean latents ``[b, z, F, h, w]`` that a step's velocity predicts
+    to the gradient of a classifier's log-probability, which moves the velocity by the level's
+    ``classifier_scale`` (:func:`sampling.classifier_velocity`) in the steps where some frame's sigma lies in its
+    ``classifier_window``; it is asked every ``classifier_every`` such steps, and its last gradient serves between
+    (each batch of chunks asks first at its first guided step), about the band of frames in the window
+    (:func:`_band_gradient`)."""
     progress = progress or Progress()
     param = next(dit.parameters())
     device, dtype = param.device, param.dtype
@@ -192,7 +197,7 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
             rope = torch.tensor([level.chunks[i].rope for i in members], device=device)
             frames = z.shape[2]
             conditioned = (y[:, :4].abs().amax(dim=(0, 1, 3, 4)) > 0).cpu()  # [F]: frames with a condition
-            state = None
+            state, grad, guided_steps = None, None, 0
             redraw = [sampling.step_noise(z_shape, seed, level.interval, i) for i in members] if settings.eta else []
             for step in range(len(sigmas)):
                 n = frames  # the leading latent frames this step's DiT pass takes
@@ -217,9 +222,13 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
                         velocity, part = sampling.guide(settings.guidance, cond_v, uncond_v, z_in,
                                                         guide_sigma, settings.guidance_scale, part)
                         state = _widen_state(part, frames)
-                if steer is not None:
-                    frame_sigma = (torch.full((n,), sigma) if isinstance(sigma, float) else sigma.reshape(-1)).cpu()
-                    velocity = sampling.classifier_velocity(velocity.float(), steer(z_in, frame_sigma), sigma,
+                inside = sampling.in_window(sigma, settings.classifier_window) if steer is not None else None
+                if inside is not None and inside.any():
+                    if grad is None or grad.shape != z_in.shape or guided_steps % settings.classifier_every == 0:
+                        x0 = sampling.velocity_to_x0(z_in.float(), velocity.float(), sigma)
+                        grad = _band_gradient(steer, x0, inside)
+                    guided_steps += 1
+                    velocity = sampling.classifier_velocity(velocity.float(), grad, sigma,
                                                             settings.classifier_scale, settings.classifier_window)
                 if redraw:
                     fresh = torch.stack([next(stream) for stream in redraw]).to(device)[:, :, :n]
@@ -233,6 +242,23 @@ def denoise_level(dit, level: Level, conditions: Sequence[torch.Tensor], prompt_
     if shared:
         results = distributed.gather(results)
     return [results[c.index] for c in level.chunks]
+
+
+STEER_CONTEXT = 2  # latent frames decoded before the guided ones, for the causal decoder's history
+
+
+def _band_gradient(steer: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor,
+                   inside: torch.Tensor) -> torch.Tensor:
+    """``steer``'s gradient for predicted clean latents ``x0`` ``[b, z, F, h, w]``, asked only about the band of
+    latent frames from the first to the last that ``inside`` (a bool per frame, or one for all) marks, after
+    :data:`STEER_CONTEXT` frames before it; zero elsewhere. In a rolling schedule the band is the few frames
+    in the guidance window, so a step's decode costs the same in a long clip as in a short one."""
+    marked = inside.reshape(-1).cpu() if inside.dim() else torch.ones(x0.shape[2], dtype=torch.bool)
+    where = marked.expand(x0.shape[2]).nonzero().flatten()
+    first, last = max(0, int(where[0]) - STEER_CONTEXT), int(where[-1]) + 1
+    grad = torch.zeros_like(x0)
+    grad[:, :, first:last] = steer(x0[:, :, first:last])
+    return grad
 
 
 def frames_in_pass(next_sigmas: torch.Tensor, conditioned: torch.Tensor, waiting: int = 0) -> int:

@@ -133,23 +133,27 @@ def x0_to_velocity(z: Tensor, x0: Tensor, sigma: float | Tensor) -> Tensor:
     return (z - x0) / sigma
 
 
-CLASSIFIER_WEIGHT_CAP = 20.0  # sigma / (1 - sigma) grows without bound as sigma nears 1; capped there (sigma 0.95)
+def in_window(sigma: float | Tensor, window: tuple[float, float]) -> Tensor:
+    """Where classifier guidance acts: ``window[0] <= sigma <= window[1]`` and ``0 < sigma < 1`` (per latent frame
+    when sigma is one per frame), so a frame still waiting at sigma 1, or done, is left alone."""
+    s = torch.as_tensor(sigma)
+    return (s >= window[0]) & (s <= window[1]) & (s > 0) & (s < 1)
 
 
 def classifier_velocity(velocity: Tensor, grad: Tensor, sigma: float | Tensor, scale: float,
                         window: tuple[float, float] = (0.0, 1.0)) -> Tensor:
-    """The velocity under classifier guidance (Dhariwal and Nichol, 2021) by ``grad``, the gradient of the
-    classifier's log-probability with respect to ``z``.
+    """The velocity under classifier guidance on the predicted clean latents, by ``grad``, the gradient of a
+    classifier's log-probability with respect to ``x0 = z - sigma v`` ``[B, C, F, h, w]``.
 
-    With ``z = (1 - sigma) x0 + sigma eps``, the score is ``-eps / sigma``; adding ``scale * grad`` to it moves
-    the noise estimate by ``-sigma * scale * grad``, and the velocity ``eps - x0`` at fixed ``z`` by
-    ``-sigma / (1 - sigma) * scale * grad`` (the weight capped at :data:`CLASSIFIER_WEIGHT_CAP`). Only where
-    ``window[0] <= sigma <= window[1]`` and ``0 < sigma < 1`` (per latent frame when sigma is one per frame); a
-    frame still waiting at sigma 1, or done, keeps its velocity."""
+    Each latent frame's gradient is scaled to unit RMS, and the prediction moves by ``scale`` times it:
+    ``x0 + scale * g`` at fixed ``z`` is the velocity ``v - scale * g / sigma``, so an Euler step to
+    ``sigma_next`` moves ``z`` by ``(sigma - sigma_next) / sigma`` of that change, whatever the size of the
+    classifier's gradient. Only :func:`in_window`; elsewhere the velocity is kept."""
     s = torch.as_tensor(sigma, dtype=velocity.dtype, device=velocity.device)
-    inside = (s >= window[0]) & (s <= window[1]) & (s > 0) & (s < 1)
-    weight = torch.where(inside, (s / (1 - s).clamp_min(1e-6)).clamp_max(CLASSIFIER_WEIGHT_CAP), 0.0)
-    return velocity - scale * weight * grad.to(velocity.dtype)
+    inside = in_window(s, window).to(velocity.device)
+    g = grad.to(velocity.dtype)
+    g = g / g.square().mean(dim=(1, 3, 4), keepdim=True).sqrt().clamp_min(1e-12)
+    return velocity - torch.where(inside, scale * g / s.clamp_min(1e-6), 0.0)
 
 
 @dataclass(frozen=True)

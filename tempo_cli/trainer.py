@@ -32,6 +32,7 @@ TRAINED_BY = " Trained by tempo train "  # how an export's description says what
 DECODER_PAIR_CLIPS = CLIPS_PER_DRAW * DRAW_SPAN * 1000  # their clip indices: past any DiT phase's draws
 WEIGHT_FILES = {"dit": "dit.safetensors", "vae": "vae.safetensors", "text_encoder": "text_encoder.safetensors"}
 CLASSIFIER_FILE = "classifier.safetensors"  # only for a preset with a classifier section
+CLASSIFIER_LATENT_FRAMES = 3  # the classifier phase learns from the frames of each clip's first 3 latent frames
 
 
 @dataclasses.dataclass
@@ -708,78 +709,104 @@ class Trainer:
         self._loop(phase, steps, lr, named, step, resume, ema_model=self.dit)
 
     def _train_classifier(self, steps: int, lr: float, resume) -> None:
-        """The classifier phase: the shape classifier learns, from the stage-2 clips' latent frames noised to a time
-        drawn uniformly in [0, 1], which shape each object of the clip's caption has (given its colour). It starts
-        from random weights (from the run's seed) unless resumed or extended; 1 in 20 clips is held out, and the
-        accuracy on their frames is logged at the end."""
+        """The classifier phase: the shape classifier learns, from the frames the VAE decodes from the stage-2
+        clips' first :data:`CLASSIFIER_LATENT_FRAMES` latent frames (:func:`~tempo_cli.models.classifier.augment`ed
+        anew each step), which shape each object of the clip's caption has, given its colour, and, for 1 question
+        in 4, that a colour the caption does not name is absent (half of these the palette's nearest to a named
+        one). It starts from random weights (from the run's seed) unless resumed or extended; 1 clip in 20 is held
+        out, and the accuracy on its frames is logged at the end."""
         from tempo_cli.loading import build_random
-        from tempo_cli.models.classifier import ShapeClassifier, prompt_targets
+        from tempo_cli.models.classifier import ABSENT, COLOUR_NAMES, ShapeClassifier, augment, prompt_targets
+        from tempo_cli.toyworld import COLOURS
 
         if resume is None and not self.state.round:
             fresh = build_random(lambda: ShapeClassifier(self.preset.classifier), self.seed * 7919 + 3)
             _load_weights(self.classifier, fresh.state_dict())
         self.classifier.train().requires_grad_(True)
-        frames, colours, shapes, held = [], [], [], []  # per latent frame and object; 1 clip in 20 held out
-        clips = [(group, n) for group in self.prepared("stage2").values() for n in range(len(group.captions))]
-        for count, (group, clip) in enumerate(clips):
-            targets = prompt_targets(group.captions[clip])
-            if targets is None:
-                raise UsageError(f"the classifier phase learns the toy world's shapes, and the caption "
-                                 f"{group.captions[clip]!r} is not a toy-world caption",
-                                 hint="train it with --data toyworld")
-            colours_named = [c for c, _ in targets]
-            for colour, shape in targets:
-                if colours_named.count(colour) > 1:  # which of two objects of one colour is meant is unknown
-                    continue
-                latent = group.targets[clip].transpose(0, 1)  # [F, z, h, w]
-                frames.append(latent)
-                colours += [colour] * len(latent)
-                shapes += [shape] * len(latent)
-                held += [count % 20 == 19] * len(latent)
-        frames_t = torch.cat(frames)  # bf16, as cached
-        colour_t, shape_t, held_t = torch.tensor(colours), torch.tensor(shapes), torch.tensor(held)
+        frames, named, held = [], [], []  # per decoded frame: uint8 pixels, colour -> shape of the caption
+        groups = list(self.prepared("stage2").values())
+        total = sum(len(g.captions) for g in groups)
+        with self.progress.task("classifier: decoding the clips", total) as advance:
+            count = 0
+            for group in groups:
+                for clip, caption in enumerate(group.captions):
+                    targets = prompt_targets(caption)
+                    if targets is None:
+                        raise UsageError(f"the classifier phase learns the toy world's shapes, and the caption "
+                                         f"{caption!r} is not a toy-world caption",
+                                         hint="train it with --data toyworld")
+                    latent = group.targets[clip][None, :, :CLASSIFIER_LATENT_FRAMES]
+                    with torch.inference_mode():
+                        video = self.vae.decode(latent.to(self.device))[0].float().cpu()  # [3, T, H, W]
+                    frames.append(((video.transpose(0, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+                    colours = [c for c, _ in targets]
+                    # two objects of one colour: which the colour means is unknown, so neither is asked about
+                    shapes = {c: s for c, s in targets if colours.count(c) == 1}
+                    named += [(shapes, set(colours))] * video.shape[1]
+                    held += [count % 20 == 19] * video.shape[1]
+                    count += 1
+                    advance(1)
+        frames_t = torch.cat(frames)  # [N, 3, H, W] uint8
+        held_t = torch.tensor(held)
         train_idx, test_idx = (~held_t).nonzero().flatten(), held_t.nonzero().flatten()
         if not len(train_idx):
             raise UsageError("the classifier phase found no clip to learn from", hint="give it more clips (--cache)")
-        self.progress.log(f"classifier: {len(train_idx)} latent frames to learn from, {len(test_idx)} held out")
+        self.progress.log(f"classifier: {len(train_idx)} decoded frames to learn from, {len(test_idx)} held out")
         batch = self.cfg.classifier_batch
+
+        palette = torch.tensor([COLOURS[name] for name in COLOUR_NAMES], dtype=torch.float32)
+        nearest = (palette[:, None] - palette[None]).square().sum(-1).fill_diagonal_(float("inf")).argmin(1).tolist()
+
+        def questions(picks: torch.Tensor, rng: torch.Generator, absent_share: float):
+            """Per frame a colour and its answer: a named object's shape, or ABSENT for a colour not named, half
+            of the time the one nearest to a named colour (orange for a red object), so that hue counts."""
+            colour, answer = [], []
+            draws = torch.rand(len(picks), 2, generator=rng).tolist()
+            for i, (draw, near) in zip(picks.tolist(), draws):
+                shapes, present = named[i]
+                missing = [c for c in range(len(COLOUR_NAMES)) if c not in present]
+                close = [nearest[c] for c in sorted(present) if nearest[c] not in present]
+                if draw < absent_share or not shapes:
+                    pool = close if close and near < 0.5 else missing
+                    colour.append(pool[int(torch.randint(len(pool), (1,), generator=rng))])
+                    answer.append(ABSENT)
+                else:
+                    known = sorted(shapes)
+                    colour.append(known[int(torch.randint(len(known), (1,), generator=rng))])
+                    answer.append(shapes[colour[-1]])
+            return torch.tensor(colour), torch.tensor(answer)
 
         def step(i: int):  # each step's draws from its own seed, so a resumed run draws what it would have
             rng = torch.Generator().manual_seed(
                 self.seed * 7919 + 11 + distributed.rank() + 1_000_003 * self.state.round + 7 * i)
             pick = train_idx[torch.randint(len(train_idx), (batch,), generator=rng)]
-            sigma = torch.rand(batch, generator=rng)
-            x0 = frames_t[pick].float()
-            noisy = (1 - sigma)[:, None, None, None] * x0 + sigma[:, None, None, None] * torch.randn(x0.shape,
-                                                                                                     generator=rng)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                logits = self.classifier(noisy.to(self.device), sigma.to(self.device), colour_t[pick].to(self.device))
-            return torch.nn.functional.cross_entropy(logits.float(), shape_t[pick].to(self.device)), {}
+            colour, answer = questions(pick, rng, 0.25)
+            pixels = augment(frames_t[pick].float() / 127.5 - 1, rng)
+            logits = self.classifier(pixels.to(self.device), colour.to(self.device))
+            return torch.nn.functional.cross_entropy(logits.float(), answer.to(self.device)), {}
 
         self._loop("classifier", steps, lr, {f"classifier.{k}": p for k, p in self.classifier.named_parameters()},
                    step, resume)
         if len(test_idx):
-            sigmas = (0.0, 0.5, 0.8, 0.95)
-            accuracy = self.classifier_accuracy(frames_t[test_idx], colour_t[test_idx], shape_t[test_idx], sigmas)
-            self.progress.log("classifier: held-out accuracy " + ", ".join(
-                f"{a:.1%} at sigma {s:g}" for s, a in zip(sigmas, accuracy)))
+            colour, answer = questions(test_idx, torch.Generator().manual_seed(0), 0.25)
+            right = self.classifier_accuracy(frames_t[test_idx], colour, answer)
+            shown = answer != ABSENT
+            self.progress.log(f"classifier: held-out accuracy {right[shown].mean().item():.1%} on shapes, "
+                              f"{right[~shown].mean().item():.1%} on absent colours")
 
     @torch.no_grad()
-    def classifier_accuracy(self, frames: torch.Tensor, colours: torch.Tensor, shapes: torch.Tensor,
-                            sigmas: tuple[float, ...]) -> list[float]:
-        """The shape classifier's accuracy on latent ``frames`` ``[N, z, h, w]`` noised to each of ``sigmas``
-        (noise drawn from seed 0)."""
+    def classifier_accuracy(self, frames: torch.Tensor, colours: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+        """Whether the shape classifier answers each question right: uint8 ``frames`` ``[N, 3, H, W]``, asked
+        about ``colours`` ``[N]``, whose answers (a shape's index, or ABSENT) are ``answers`` ``[N]``."""
         was = self.classifier.training
         self.classifier.eval()
-        out = []
-        for sigma in sigmas:
-            noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))
-            noisy = ((1 - sigma) * frames.float() + sigma * noise).to(self.device)
-            logits = self.classifier(noisy, torch.full((len(frames),), sigma, device=self.device),
-                                     colours.to(self.device))
-            out.append((logits.argmax(dim=1).cpu() == shapes).float().mean().item())
+        right = []
+        for i in range(0, len(frames), 256):
+            pixels = (frames[i:i + 256].float() / 127.5 - 1).to(self.device)
+            logits = self.classifier(pixels, colours[i:i + 256].to(self.device))
+            right.append(logits.argmax(dim=1).cpu() == answers[i:i + 256])
         self.classifier.train(was)
-        return out
+        return torch.cat(right).float()
 
     def _classifier_trained(self) -> bool:
         """Whether the run's classifier is worth exporting: trained here, or read from the preset's file."""
